@@ -1,0 +1,25 @@
+"""fracsurv: osteoporotic fracture risk from lateral spine radiographs and clinical data.
+
+Every component is a scikit-learn estimator; torch models share one skorch base
+(:mod:`fracsurv.nn.base`). Public estimators are re-exported here lazily so that
+``import fracsurv`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DeepSurvRegressor": "fracsurv.survival.deepsurv",
+    "cox_nll": "fracsurv.survival.loss",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fracsurv' has no attribute {name!r}")
