@@ -1,1 +1,6 @@
-"""fracsurv.survival."""
+"""Survival core: the exact Cox loss and the neural Cox models."""
+
+from fracsurv.survival.deepsurv import DeepSurvRegressor
+from fracsurv.survival.loss import CoxLoss, cox_nll
+
+__all__ = ["CoxLoss", "DeepSurvRegressor", "cox_nll"]

@@ -1,0 +1,105 @@
+"""Validation helpers shared by every estimator.
+
+Error messages name the problem and the first bad row, so a user with a
+10,000-row table can find it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["check_features", "check_survival_y", "row_label", "survival_arrays"]
+
+
+def row_label(X: Any, pos: int) -> str:
+    """Human-readable name of row ``pos``: its index label for frames, else its position."""
+    if isinstance(X, pd.DataFrame | pd.Series):
+        return f"row {X.index[pos]!r} (position {pos})"
+    return f"row {pos}"
+
+
+def check_features(X: Any) -> None:
+    """Raise ``ValueError`` naming the first row with a NaN/inf or non-numeric feature.
+
+    Runs before scikit-learn's own validation, whose messages do not say where.
+    """
+    if isinstance(X, pd.DataFrame):
+        bad_cols = [c for c in X.columns if not (pd.api.types.is_numeric_dtype(X[c])
+                                                 or pd.api.types.is_bool_dtype(X[c]))]
+        if bad_cols:
+            col = bad_cols[0]
+            for pos, v in enumerate(X[col].to_numpy()):
+                try:
+                    float(v)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"non-numeric feature: column {col!r}, {row_label(X, pos)} holds "
+                        f"a value of type {type(v).__name__}; encode it first "
+                        "(e.g. with a ColumnTransformer)"
+                    ) from None
+        values = X.to_numpy(dtype=float, na_value=np.nan)
+        columns = list(X.columns)
+    else:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            try:
+                arr = arr.astype(float)
+            except (TypeError, ValueError):
+                raise ValueError("non-numeric features in X; encode them first") from None
+        values = arr if arr.ndim == 2 else arr.reshape(len(arr), -1)
+        columns = list(range(values.shape[1])) if values.ndim == 2 else []
+    if values.size and not np.isfinite(values).all():
+        r, c = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(
+            f"X contains NaN or infinity: {row_label(X, int(r))}, column {columns[c]!r}"
+        )
+
+
+def check_survival_y(y: Any, n_samples: int | None = None) -> np.ndarray:
+    """Validate a scikit-survival structured target and return it.
+
+    Parameters
+    ----------
+    y : structured ndarray
+        Two fields: a boolean event indicator, then a float time
+        (``sksurv.util.Surv.from_arrays(event, time)``).
+    n_samples : int, optional
+        Expected length.
+
+    Raises
+    ------
+    ValueError
+        If y is not a structured (event, time) array, has the wrong length,
+        non-positive or NaN times (naming the first bad row), or no events.
+    """
+    if not isinstance(y, np.ndarray) or y.dtype.names is None or len(y.dtype.names) != 2:
+        raise ValueError(
+            "y must be a structured array with two fields (event: bool, time: float), "
+            "e.g. sksurv.util.Surv.from_arrays(event, time); got "
+            f"{type(y).__name__}{'' if not hasattr(y, 'dtype') else ' of dtype ' + str(y.dtype)}"
+        )
+    ev_name, t_name = y.dtype.names
+    if y.dtype[ev_name].kind != "b":
+        raise ValueError(f"the first field of y ({ev_name!r}) must be a boolean event indicator")
+    if y.dtype[t_name].kind not in "iuf":
+        raise ValueError(f"the second field of y ({t_name!r}) must hold numeric times")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(f"y has {y.shape[0]} rows but X has {n_samples}")
+    time = y[t_name].astype(float)
+    bad = np.flatnonzero(~np.isfinite(time) | (time <= 0))
+    if bad.size:
+        raise ValueError(
+            f"survival times must be positive and finite: row {bad[0]} has time {time[bad[0]]!r}"
+        )
+    if not y[ev_name].any():
+        raise ValueError("y contains no events: a Cox model cannot be fitted to all-censored data")
+    return y
+
+
+def survival_arrays(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(event: bool, time: float64)`` from a structured survival array."""
+    ev_name, t_name = y.dtype.names
+    return y[ev_name].astype(bool), y[t_name].astype(np.float64)

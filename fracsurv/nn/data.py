@@ -1,0 +1,108 @@
+"""Torch datasets that stream images by reference (DESIGN.md section 3).
+
+Every image model (keypoints, pVF scoring, fusion survival) reads its batches
+through :class:`ImageDataset`, so no model holds a cohort's images in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from fracsurv.io.refs import iter_cell, load_image
+
+__all__ = ["ImageDataset", "flatten_cells", "to_chw"]
+
+
+def flatten_cells(cells: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
+    """Flatten frame cells (one image or a list each) into images and their row index.
+
+    Returns
+    -------
+    items : list
+        Every image/reference, row by row.
+    owner : ndarray of int
+        ``owner[k]`` is the row position that ``items[k]`` came from; use it to
+        aggregate per-image outputs back to rows.
+    """
+    items: list[Any] = []
+    owner: list[int] = []
+    for pos, cell in enumerate(cells):
+        for item in iter_cell(cell):
+            items.append(item)
+            owner.append(pos)
+    return items, np.asarray(owner, dtype=np.int64)
+
+
+def to_chw(image: np.ndarray | torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """A 2-D ``(H, W)`` or 3-D ``(C, H, W)`` image as a float32 ``(C, H, W)`` tensor.
+
+    ``shape`` bilinearly resizes to ``(H, W)`` when it differs.
+    """
+    t = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ValueError(f"expected a 2-D or 3-D image, got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape[-2:]) != tuple(shape):
+        t = F.interpolate(t[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
+    return t
+
+
+class ImageDataset(Dataset):
+    """Images (arrays or references) with optional tabular features and targets.
+
+    Parameters
+    ----------
+    items : sequence
+        One image or reference per sample (see :func:`flatten_cells`).
+    y : array-like, optional
+        Targets, one row per sample (a zero placeholder is returned when absent,
+        as skorch expects a pair).
+    tabular : ndarray of shape (n, p), optional
+        Per-sample features. When given, samples are ``{"image": x, "tabular": t}``
+        dicts, which skorch passes to ``module.forward(image=..., tabular=...)``.
+    transform : callable, optional
+        Applied to the ``(C, H, W)`` tensor (augmentation; training only).
+    shape : (int, int), optional
+        Resize every image to this size.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Any],
+        y: Any = None,
+        tabular: np.ndarray | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        self.items = list(items)
+        self.y = None if y is None else np.asarray(y)
+        self.tabular = None if tabular is None else np.asarray(tabular, dtype=np.float32)
+        self.transform = transform
+        self.shape = shape
+        n = len(self.items)
+        for name, arr in (("y", self.y), ("tabular", self.tabular)):
+            if arr is not None and len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} rows but there are {n} images")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, idx: int) -> torch.Tensor:
+        """The ``(C, H, W)`` tensor of sample ``idx`` (no augmentation)."""
+        return to_chw(load_image(self.items[idx]), self.shape)
+
+    def __getitem__(self, idx: int) -> tuple[Any, Any]:
+        x = self.load(idx)
+        if self.transform is not None:
+            x = torch.as_tensor(np.asarray(self.transform(x)), dtype=torch.float32)
+        if self.tabular is not None:
+            x = {"image": x, "tabular": torch.from_numpy(self.tabular[idx])}
+        target = torch.zeros(1) if self.y is None else torch.as_tensor(self.y[idx])
+        return x, target

@@ -1,0 +1,246 @@
+"""DeepSurv: a Cox-partial-likelihood neural network with scikit-learn ergonomics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from fracsurv._base import check_features, check_survival_y, survival_arrays
+from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.mlp import make_mlp
+from fracsurv.survival._mixin import BreslowSurvivalMixin
+from fracsurv.survival.loss import CoxLoss
+
+__all__ = ["DeepSurvRegressor", "survival_target_tensor"]
+
+
+def survival_target_tensor(y: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """(n, 2) float array ``[time, event]``: the form the Cox criterion receives."""
+    event, time = survival_arrays(y)
+    return np.column_stack([time, event]).astype(dtype)
+
+
+class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
+    """Cox proportional-hazards neural network (DeepSurv, Katzman et al. 2018).
+
+    An MLP maps (standardised) features to a log-hazard and is trained on the
+    exact Cox partial likelihood (:func:`fracsurv.survival.cox_nll`). Survival
+    functions come from a Breslow baseline hazard, with scikit-survival's
+    return types.
+
+    Parameters
+    ----------
+    hidden_units : tuple of int, default=(64, 128)
+        Hidden layer widths. ``()`` with ``optimizer="lbfgs"`` is exactly the
+        linear Cox model (fitted in float64 to convergence).
+    dropout : float, default=0.1
+        Dropout after each hidden layer.
+    batch_norm : bool, default=True
+        Batch normalisation after each hidden linear layer.
+    activation : str, default="relu"
+        ``relu``, ``selu``, ``elu``, ``gelu``, ``tanh`` or ``leaky_relu``.
+    ties : {"efron", "breslow"}, default="efron"
+        Tie handling of the partial likelihood.
+    optimizer : {"adam", "sgd", "lbfgs"}, default="adam"
+        ``"lbfgs"`` trains full-batch with a strong-Wolfe line search.
+    lr : float, default=1e-3
+        Learning rate (L-BFGS: step scale, 1.0 is usual).
+    weight_decay : float, default=1e-4
+        L2 penalty (decoupled, AdamW, for Adam). For L-BFGS it is added to the
+        loss as ``weight_decay / 2 * ||w||^2`` (a ridge Cox model).
+    batch_size : int, default=256
+        Mini-batch size (the Cox loss of each batch uses the batch's risk sets).
+    max_epochs : int, default=200
+        Maximum epochs (L-BFGS: outer steps of up to 200 iterations each).
+    validation_fraction : float, default=0.15
+        Internal validation split for early stopping; ``0`` disables it.
+    patience : int, default=15
+        Epochs without validation improvement before stopping; best weights
+        are restored.
+    standardize : bool, default=True
+        Centre and scale features with training statistics (coefficients are
+        reported on the original scale by :attr:`coef_`).
+    device : str, default="auto"
+        ``"auto"`` uses a GPU when present.
+    precision : str, default="auto"
+        Mixed precision on GPU (``bf16``) or full precision.
+    random_state : int or None
+        Seed for initialisation, shuffling and the validation split.
+    verbose : int, default=0
+        ``1`` prints skorch's epoch table, ``2`` adds a progress bar.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The fitted net (``net_.history`` holds the training curve).
+    module_ : torch.nn.Module
+        The fitted network.
+    baseline_model_ : sksurv.linear_model.coxph.BreslowEstimator
+        Breslow baseline hazard.
+    unique_times_ : ndarray
+        Times at which ``return_array=True`` survival functions are evaluated.
+    """
+
+    def __init__(
+        self,
+        hidden_units: Sequence[int] = (64, 128),
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        activation: str = "relu",
+        ties: Literal["efron", "breslow"] = "efron",
+        optimizer: Literal["adam", "sgd", "lbfgs"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 256,
+        max_epochs: int = 200,
+        validation_fraction: float = 0.15,
+        patience: int = 15,
+        standardize: bool = True,
+        device: str = "auto",
+        precision: str = "auto",
+        random_state: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.activation = activation
+        self.ties = ties
+        self.optimizer = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.standardize = standardize
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def _is_lbfgs(self) -> bool:
+        return str(self.optimizer).lower() == "lbfgs"
+
+    def _np_dtype(self) -> Any:
+        return np.float64 if self._is_lbfgs() else np.float32
+
+    def _build_module(self, n_features: int) -> torch.nn.Module:
+        linear = len(tuple(self.hidden_units)) == 0
+        module = make_mlp(
+            n_features, tuple(self.hidden_units), 1, activation=self.activation,
+            dropout=0.0 if linear else self.dropout, batch_norm=self.batch_norm and not linear,
+        )
+        return module.double() if self._is_lbfgs() else module
+
+    def _scale(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.x_mean_) / self.x_scale_).astype(self._np_dtype())
+
+    def fit(self, X: Any, y: np.ndarray) -> DeepSurvRegressor:
+        """Fit the network on features ``X`` and survival target ``y``.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Numeric features without missing values.
+        y : structured ndarray
+            ``sksurv.util.Surv.from_arrays(event, time)``.
+
+        Returns
+        -------
+        self
+        """
+        check_features(X)
+        X = validate_data(self, X, dtype=np.float64, reset=True)
+        y = check_survival_y(y, X.shape[0])
+        if self.standardize:
+            self.x_mean_ = X.mean(axis=0)
+            scale = X.std(axis=0)
+            self.x_scale_ = np.where(scale > 0, scale, 1.0)
+        else:
+            self.x_mean_ = np.zeros(X.shape[1])
+            self.x_scale_ = np.ones(X.shape[1])
+        Xs = self._scale(X)
+        target = survival_target_tensor(y, self._np_dtype())
+        self._seed()
+        module = self._build_module(X.shape[1])
+        criterion = CoxLoss(ties=self.ties)
+        if self._is_lbfgs() and self.weight_decay:
+            criterion = _RidgeCox(criterion, module, float(self.weight_decay))
+        net = self._make_net(module, criterion, n_train=len(Xs), valid_batch_size=-1)
+        self._fit_net(net, Xs, target)
+        self._fit_baseline(self._raw_predict(Xs), y)
+        return self
+
+    def _raw_predict(self, Xs: np.ndarray) -> np.ndarray:
+        bs = max(1, int(self.batch_size)) * 16
+        batches = (torch.from_numpy(Xs[i:i + bs]) for i in range(0, len(Xs), bs))
+        return self._infer(batches).reshape(-1).astype(np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted risk (log-hazard); higher means earlier events.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self, "module_")
+        check_features(X)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._raw_predict(self._scale(X))
+
+    @property
+    def coef_(self) -> np.ndarray:
+        """Coefficients on the original feature scale (linear model only)."""
+        check_is_fitted(self, "module_")
+        if len(tuple(self.hidden_units)):
+            raise AttributeError("coef_ exists only for the linear model (hidden_units=())")
+        w = self.module_[-1].weight.detach().cpu().double().numpy().reshape(-1)
+        return w / self.x_scale_
+
+    # -- persistence ---------------------------------------------------
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays = {"x_mean": self.x_mean_, "x_scale": self.x_scale_, **self._baseline_arrays()}
+        meta = {"n_features_in": int(self.n_features_in_)}
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in"] = [str(c) for c in self.feature_names_in_]
+        return meta, arrays
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.n_features_in_ = int(meta["n_features_in"])
+        if "feature_names_in" in meta:
+            self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+        self.x_mean_, self.x_scale_ = arrays["x_mean"], arrays["x_scale"]
+        self._restore_baseline(arrays)
+        self.module_ = self._build_module(self.n_features_in_)
+
+
+class _RidgeCox(torch.nn.Module):
+    """Cox loss plus an L2 penalty on the weights (for full-batch L-BFGS)."""
+
+    def __init__(self, base: torch.nn.Module, module: torch.nn.Module, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.alpha = alpha
+        self._weights = [p for n, p in module.named_parameters() if n.endswith("weight")]
+
+    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        penalty = sum((w**2).sum() for w in self._weights)
+        return self.base(y_pred, y_true) + 0.5 * self.alpha * penalty
