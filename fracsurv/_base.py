@@ -26,6 +26,10 @@ def check_features(X: Any) -> None:
 
     Runs before scikit-learn's own validation, whose messages do not say where.
     """
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        raise TypeError("sparse input is not supported: pass a dense array or DataFrame")
     if isinstance(X, pd.DataFrame):
         bad_cols = [c for c in X.columns if not (pd.api.types.is_numeric_dtype(X[c])
                                                  or pd.api.types.is_bool_dtype(X[c]))]
@@ -48,7 +52,7 @@ def check_features(X: Any) -> None:
             try:
                 arr = arr.astype(float)
             except (TypeError, ValueError):
-                raise ValueError("non-numeric features in X; encode them first") from None
+                return  # scikit-learn's validation raises its standard error
         values = arr if arr.ndim == 2 else arr.reshape(len(arr), -1)
         columns = list(range(values.shape[1])) if values.ndim == 2 else []
     if values.size and not np.isfinite(values).all():
@@ -75,6 +79,8 @@ def check_survival_y(y: Any, n_samples: int | None = None) -> np.ndarray:
         If y is not a structured (event, time) array, has the wrong length,
         non-positive or NaN times (naming the first bad row), or no events.
     """
+    if y is None:
+        raise ValueError("this estimator requires y to be passed, but the target y is None")
     if not isinstance(y, np.ndarray) or y.dtype.names is None or len(y.dtype.names) != 2:
         raise ValueError(
             "y must be a structured array with two fields (event: bool, time: float), "

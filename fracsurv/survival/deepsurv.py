@@ -164,7 +164,7 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         self
         """
         check_features(X)
-        X = validate_data(self, X, dtype=np.float64, reset=True)
+        X = validate_data(self, X, dtype=np.float64, reset=True, ensure_min_samples=2)
         y = check_survival_y(y, X.shape[0])
         if self.standardize:
             self.x_mean_ = X.mean(axis=0)
