@@ -98,7 +98,7 @@ def check_survival_y(y: Any, n_samples: int | None = None) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(time) | (time <= 0))
     if bad.size:
         raise ValueError(
-            f"survival times must be positive and finite: row {bad[0]} has time {time[bad[0]]!r}"
+            f"survival times must be positive and finite: row {bad[0]} has time {float(time[bad[0]])}"
         )
     if not y[ev_name].any():
         raise ValueError("y contains no events: a Cox model cannot be fitted to all-censored data")

@@ -142,3 +142,37 @@ def test_sksurv_coefficients_are_a_stationary_point(ties):
     cox_nll(Xt @ moved, torch.tensor(y["lenfol"].copy()), torch.tensor(y["fstat"].copy()), ties=ties,
             reduction="sum").backward()
     assert np.abs(moved.grad.numpy() * X.std().to_numpy()).max() > 1e-2
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@settings(max_examples=30, deadline=None)
+@given(batch=survival_batches())
+def test_log_space_path_equals_fast_path(ties, batch):
+    """The cumulative-sum fast path and the log-space path give the same value and gradient."""
+    import fracsurv.survival.loss as loss_mod
+
+    eta, time, event = batch
+    results = []
+    for spread in (loss_mod._FAST_SPREAD, dict.fromkeys(loss_mod._FAST_SPREAD, 0.0)):
+        orig = loss_mod._FAST_SPREAD
+        loss_mod._FAST_SPREAD = spread
+        try:
+            x = torch.tensor(eta, requires_grad=True)
+            val = cox_nll(x, torch.tensor(time), torch.tensor(event), ties=ties, reduction="sum")
+            val.backward()
+            results.append((val.item(), x.grad.clone()))
+        finally:
+            loss_mod._FAST_SPREAD = orig
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-9, abs=1e-9)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_wide_spread_matches_brute_force(ties):
+    rng = np.random.default_rng(5)
+    eta = rng.uniform(-300, 300, 60)
+    time = rng.integers(1, 6, 60).astype(float)
+    event = rng.integers(0, 2, 60)
+    loss = cox_nll(torch.tensor(eta), torch.tensor(time), torch.tensor(event), ties=ties,
+                   reduction="sum")
+    assert loss.item() == pytest.approx(brute_force_nll(eta, time, event, ties), rel=1e-10)
