@@ -128,7 +128,7 @@ def stage_models(ctx: DemoContext) -> None:
 
 def _eval_times(ctx: DemoContext) -> np.ndarray:
     event, time = survival_arrays(ctx.y_test)
-    ev_tr, t_tr = survival_arrays(ctx.y_train)
+    _, t_tr = survival_arrays(ctx.y_train)
     hi = min(np.percentile(time[event], 80), t_tr.max(), time.max())
     lo = max(np.percentile(time[event], 10), time.min())
     return np.linspace(lo, hi * 0.999, 8 if not ctx.tiny else 4)

@@ -77,7 +77,7 @@ def gbsg_split():
 
 
 def test_bootstrap_ci_contains_estimate_and_is_reproducible(gbsg_split):
-    X, y, tr, te, model = gbsg_split
+    X, y, _, te, model = gbsg_split
     risk = model.predict(X.iloc[te])
     a = concordance_index_ci(y[te], risk, n_boot=200, random_state=1)
     b = concordance_index_ci(y[te], risk, n_boot=200, random_state=1)
