@@ -101,6 +101,28 @@ class ImageCache:
             raise
         return str(path)
 
+    def put_meta(self, key: str, meta: dict[str, Any]) -> None:
+        """Store a JSON sidecar for ``key`` (atomic, like :meth:`put`)."""
+        import json
+
+        path = self.path_for(key).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(meta, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_meta(self, key: str) -> dict[str, Any] | None:
+        """The JSON sidecar of ``key``, if any."""
+        import json
+
+        path = self.path_for(key).with_suffix(".json")
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def get(self, key: str) -> str | None:
         """Reference for ``key`` if cached, else ``None``."""
         path = self.path_for(key)

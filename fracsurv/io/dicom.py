@@ -1,0 +1,181 @@
+"""Decoding DICOM radiographs into float images with bone bright.
+
+Reading order, following DICOM PS3.3 C.11: stored values -> Modality LUT (or
+rescale slope/intercept) -> VOI LUT or window -> MONOCHROME1 inversion.
+
+Documented choices for unusual objects:
+
+* multi-frame images: the **first frame** is used;
+* RGB / YBR colour images: converted to **luminance** (ITU-R BT.601 weights);
+* objects without pixel data (structured reports, RT structures, ...): a
+  :class:`DicomLoadError`.
+
+Error messages never contain values of identifying attributes: any such value
+that occurs in a message is replaced by ``<redacted>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IDENTIFYING_KEYWORDS", "DicomLoadError", "decode_dicom", "read_dicom"]
+
+# Attributes whose values must never reach a file name, log line, report or message.
+IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+    "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "StudyID", "StudyInstanceUID",
+    "SeriesInstanceUID", "SOPInstanceUID", "MediaStorageSOPInstanceUID", "FrameOfReferenceUID",
+    "PatientAddress", "PatientTelephoneNumbers", "StationName", "DeviceSerialNumber",
+)
+
+
+class DicomLoadError(ValueError):
+    """A file or array that cannot be turned into an image (names row and problem)."""
+
+
+def _identifiers(ds: Any) -> list[str]:
+    values = []
+    for kw in IDENTIFYING_KEYWORDS:
+        for container in (ds, getattr(ds, "file_meta", None)):
+            if container is not None and kw in container:
+                v = str(container[kw].value).strip()
+                if len(v) >= 3:
+                    values.append(v)
+                    values.extend(p for p in v.split("^") if len(p) >= 3)
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(message: str, ds: Any = None) -> str:
+    """Remove identifying attribute values of ``ds`` from ``message``."""
+    if ds is None:
+        return message
+    for v in _identifiers(ds):
+        message = message.replace(v, "<redacted>")
+    return message
+
+
+def _luminance(arr: np.ndarray) -> np.ndarray:
+    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+
+
+def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    # Linear VOI function of DICOM PS3.3 C.11.2.1.2.1 to [0, 1]; a one-liner that
+    # pydicom only offers for values stored in the dataset.
+    if width <= 1:
+        raise DicomLoadError(f"window width must be > 1, got {width}")
+    return np.clip((arr - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto"
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one DICOM file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    voi : "auto", "none" or (center, width)
+        ``"auto"`` applies the file's VOI LUT or first window when present;
+        ``"none"`` keeps modality values; a pair applies that window.
+
+    Returns
+    -------
+    image : float32 ndarray (H, W)
+        Bone bright (MONOCHROME1 inverted).
+    meta : dict
+        Non-identifying metadata: ``modality``, ``photometric``, ``spacing_mm``,
+        ``rows``, ``cols``, ``manufacturer``, ``bits_stored``, ``frames``.
+
+    Raises
+    ------
+    DicomLoadError
+        With a message that names the problem and contains no identifiers.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:
+            # Many real files lack the 128-byte preamble: read them anyway, but only
+            # accept the result if it looks like a DICOM dataset.
+            ds = pydicom.dcmread(path, force=True)
+            if not any(kw in ds for kw in ("SOPClassUID", "Modality", "PixelData", "Rows")):
+                raise InvalidDicomError("no DICOM elements") from None
+    except InvalidDicomError:
+        raise DicomLoadError("not a DICOM file (no DICOM preamble/header)") from None
+    except FileNotFoundError:
+        raise DicomLoadError("file not found") from None
+    except Exception as exc:  # truncated or corrupt header
+        raise DicomLoadError(f"unreadable DICOM header ({type(exc).__name__})") from None
+    try:
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
+            sop = ds.get("SOPClassUID")
+            kind = getattr(sop, "name", "unknown SOP class") if sop is not None else "no SOP class"
+            raise DicomLoadError(f"no pixel data: not an image object ({kind})")
+        for kw in ("BitsAllocated", "Rows", "Columns"):
+            if kw not in ds:
+                raise DicomLoadError(f"missing {kw}: cannot interpret the pixel data")
+        ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+        try:
+            arr = ds.pixel_array
+        except NotImplementedError:
+            name = getattr(ts, "name", str(ts))
+            raise DicomLoadError(f"unsupported transfer syntax {name}: no decoder installed") from None
+        except Exception as exc:
+            raise DicomLoadError(redact(f"pixel data cannot be decoded ({type(exc).__name__}: "
+                                        f"{exc})", ds)) from None
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        samples = int(ds.get("SamplesPerPixel", 1))
+        if frames > 1:
+            arr = arr[0]  # documented choice: first frame
+        if samples == 3 or arr.ndim == 3:
+            img = _luminance(arr.astype(np.float64))
+        else:
+            img = apply_modality_lut(arr, ds)
+            if np.issubdtype(img.dtype, np.floating) and np.all(np.mod(img, 1) == 0):
+                img = img.astype(np.int64)  # VOI LUT lookup needs integer input
+            if voi == "auto":
+                if "VOILUTSequence" in ds or "WindowCenter" in ds:
+                    img = apply_voi_lut(img, ds, index=0).astype(np.float64)
+            elif voi != "none":
+                center, width = voi
+                img = _window(img, float(center), float(width))
+            img = np.asarray(img, dtype=np.float64)
+            if photometric == "MONOCHROME1":
+                img = img.max() + img.min() - img
+        spacing = np.nan
+        for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+            if kw in ds and ds[kw].value:
+                try:
+                    value = float(ds[kw].value[0])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                if value > 0:
+                    spacing = value
+                    break
+        meta = {
+            "modality": str(ds.get("Modality", "")),
+            "photometric": photometric,
+            "spacing_mm": spacing,
+            "rows": int(ds.Rows),
+            "cols": int(ds.Columns),
+            "manufacturer": str(ds.get("Manufacturer", "")),
+            "bits_stored": int(ds.get("BitsStored", ds.BitsAllocated)),
+            "frames": frames,
+        }
+        return img.astype(np.float32), meta
+    except DicomLoadError as exc:
+        raise DicomLoadError(redact(str(exc), ds)) from None
+
+
+def read_dicom(path: str | Path, voi: str | tuple[float, float] = "auto") -> np.ndarray:
+    """Decoded image of ``path`` (see :func:`decode_dicom`), without metadata."""
+    return decode_dicom(path, voi)[0]

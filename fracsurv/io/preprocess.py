@@ -1,0 +1,69 @@
+"""Preprocessing of decoded radiographs, as in the two source studies.
+
+min-max scaling -> optional resampling to a pixel spacing -> aspect-preserving
+resize and zero padding to the output shape -> CLAHE -> normalisation.
+Everything is scikit-image (CLAHE: ``exposure.equalize_adapthist``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage import exposure, transform
+
+__all__ = ["minmax", "preprocess", "resize_and_pad"]
+
+
+def minmax(img: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] (a constant image becomes zeros)."""
+    img = np.asarray(img, dtype=np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros_like(img)
+    return (img - lo) / (hi - lo)
+
+
+def resize_and_pad(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize keeping the aspect ratio so the image fits ``shape``; centre it on zeros."""
+    h, w = img.shape
+    scale = min(shape[0] / h, shape[1] / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        img = transform.resize(img, (nh, nw), order=1, anti_aliasing=scale < 1,
+                               preserve_range=True).astype(np.float32)
+    out = np.zeros(shape, np.float32)
+    top, left = (shape[0] - nh) // 2, (shape[1] - nw) // 2
+    out[top:top + nh, left:left + nw] = img
+    return out
+
+
+def preprocess(
+    img: np.ndarray,
+    *,
+    output_shape: tuple[int, int] | None = (1024, 512),
+    spacing_mm: float = float("nan"),
+    target_spacing: float | None = None,
+    clahe: bool = True,
+    clahe_clip_limit: float = 0.01,
+    clahe_kernel_size: int | None = None,
+    normalize: str = "minmax",
+) -> np.ndarray:
+    """Apply the preprocessing chain to a decoded image (bone bright)."""
+    img = minmax(img)
+    if target_spacing is not None and np.isfinite(spacing_mm) and spacing_mm > 0:
+        factor = spacing_mm / target_spacing
+        if abs(factor - 1) > 1e-3:
+            img = transform.rescale(img, factor, order=1, anti_aliasing=factor < 1,
+                                    preserve_range=True).astype(np.float32)
+    if output_shape is not None:
+        img = resize_and_pad(img, tuple(output_shape))
+    if clahe:
+        img = exposure.equalize_adapthist(np.clip(img, 0, 1), kernel_size=clahe_kernel_size,
+                                          clip_limit=clahe_clip_limit).astype(np.float32)
+    if normalize == "minmax":
+        img = minmax(img)
+    elif normalize == "zscore":
+        sd = float(img.std())
+        img = (img - float(img.mean())) / (sd if sd > 0 else 1.0)
+    elif normalize not in (None, "none"):
+        raise ValueError(f"normalize must be 'minmax', 'zscore' or 'none', got {normalize!r}")
+    return img.astype(np.float32)

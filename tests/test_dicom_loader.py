@@ -1,0 +1,217 @@
+"""DicomLoader on real radiographs (pydicom-data), synthetic DICOMs and broken files."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+
+from fracsurv.io import DicomLoader, DicomLoadError, decode_dicom, load_image
+
+SHAPE = (128, 64)
+
+
+def real(name):
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} not available (pydicom-data)")
+    return path
+
+
+def test_j2k_lossless_is_bit_identical_to_uncompressed():
+    a, _ = decode_dicom(real("RG1_J2KR.dcm"), voi="none")
+    b, meta = decode_dicom(real("RG1_UNCR.dcm"), voi="none")
+    assert meta["rows"] == 1955 and meta["cols"] == 1841 and meta["bits_stored"] == 15
+    assert np.array_equal(a, b)
+
+
+def test_j2k_lossy_is_close_to_uncompressed():
+    a, _ = decode_dicom(real("RG3_J2KI.dcm"), voi="none")
+    b, meta = decode_dicom(real("RG3_UNCI.dcm"), voi="none")
+    assert meta["bits_stored"] == 10
+    err = np.abs(a - b)
+    rng = float(b.max() - b.min())
+    # lossy J2K: small mean error, bounded worst case, far from a different image
+    assert err.mean() / rng < 0.01
+    assert np.percentile(err, 99) / rng < 0.05
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_monochrome1_is_inverted_so_bone_is_bright():
+    path = real("RG1_UNCR.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    img, _ = decode_dicom(path, voi="none")
+    raw = apply_modality_lut(ds.pixel_array, ds).astype(float)
+    # exactly the reversed modality values ...
+    np.testing.assert_allclose(img, raw.max() + raw.min() - raw)
+    # ... so the chest's central body (mediastinum/spine) is brighter than the lung fields
+    h, w = img.shape
+    centre = img[h // 3: 2 * h // 3, int(0.45 * w): int(0.55 * w)].mean()
+    lungs = np.mean([img[h // 3: 2 * h // 3, int(0.2 * w): int(0.3 * w)].mean(),
+                     img[h // 3: 2 * h // 3, int(0.7 * w): int(0.8 * w)].mean()])
+    assert centre > lungs
+
+
+@pytest.mark.parametrize("name", ["mlut_18.dcm", "vlut_04.dcm"])
+def test_lut_files_follow_pydicom_reference(name):
+    path = real(name)
+    ds = pydicom.dcmread(path)
+    img, _ = decode_dicom(path, voi="auto")
+    ref = apply_modality_lut(ds.pixel_array, ds)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        ref = apply_voi_lut(ref.astype(np.int64) if np.all(np.mod(ref, 1) == 0) else ref, ds, index=0)
+    ref = np.asarray(ref, dtype=float)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        ref = ref.max() + ref.min() - ref
+    np.testing.assert_allclose(img, ref, rtol=1e-6)
+    # a LUT is monotonic: brighter stored values never map to darker output
+    order = np.argsort(ds.pixel_array.ravel(), kind="stable")
+    out = img.ravel()[order]
+    sign = 1 if ds.PhotometricInterpretation != "MONOCHROME1" else -1
+    assert np.all(np.diff(sign * out) >= -1e-6)
+
+
+def test_custom_window():
+    img, _ = decode_dicom(real("RG3_UNCI.dcm"), voi=(512, 256))
+    assert img.min() >= 0 and img.max() <= 1
+    assert (img == 0).mean() > 0.01 and (img == 1).mean() > 0.01  # clipped both sides
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [("rtstruct.dcm", "no pixel data"), ("meta_missing_tsyntax.dcm", "")],
+)
+def test_pydicom_broken_files_raise_clear_errors(name, match):
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(name)
+    frame = pd.DataFrame({"image": [path]})
+    try:
+        DicomLoader(output_shape=SHAPE).fit_transform(frame)
+    except DicomLoadError as exc:
+        assert "row 0" in str(exc) and match in str(exc)
+    else:
+        assert match == ""  # decodable after all: fine for files with a recoverable header
+
+
+def test_truncated_and_not_dicom_files(tmp_path):
+    src = open(real("RG3_UNCR.dcm"), "rb").read()
+    (tmp_path / "trunc.dcm").write_bytes(src[: len(src) // 3])
+    (tmp_path / "text.dcm").write_text("hello")
+    for name, match in (("trunc.dcm", "pixel data|header"), ("text.dcm", "not a DICOM")):
+        with pytest.raises(DicomLoadError, match=match):
+            DicomLoader(output_shape=SHAPE).fit_transform(pd.DataFrame({"image": [str(tmp_path / name)]}))
+
+
+def test_missing_bits_allocated(tmp_path):
+    ds = pydicom.dcmread(real("RG3_UNCR.dcm"))
+    del ds.BitsAllocated
+    ds.save_as(tmp_path / "nobits.dcm")
+    with pytest.raises(DicomLoadError, match="BitsAllocated"):
+        decode_dicom(tmp_path / "nobits.dcm")
+
+
+def test_skip_keeps_good_rows_and_logs(tmp_path, caplog):
+    (tmp_path / "bad.dcm").write_text("garbage")
+    good = real("RG3_UNCR.dcm")
+    X = pd.DataFrame({"patient_id": ["a", "b", "c"], "image": [good, str(tmp_path / "bad.dcm"),
+                                                               np.random.default_rng(0).random((40, 30))]},
+                     index=["p1", "p2", "p3"])
+    with caplog.at_level(logging.INFO, logger="fracsurv.io"):
+        out = DicomLoader(output_shape=SHAPE, on_error="skip").fit_transform(X)
+    assert out["load_error"].isna().tolist() == [True, False, True]
+    assert out.loc["p1", "image"].shape == SHAPE and out.loc["p3", "image"].shape == SHAPE
+    assert out.loc["p2", "image"] is None
+    assert "2 rows loaded, 1 failed" in caplog.text
+    with pytest.raises(DicomLoadError, match=r"row 'p2' \(position 1\)"):
+        DicomLoader(output_shape=SHAPE).fit_transform(X)
+
+
+def test_cache_references_resume_and_key_covers_parameters(tmp_path):
+    X = pd.DataFrame({"image": [real("RG3_UNCR.dcm"), [real("RG3_UNCR.dcm"), real("RG1_UNCR.dcm")]]})
+    loader = DicomLoader(output_shape=SHAPE, cache_dir=str(tmp_path / "c"))
+    out = loader.fit_transform(X)
+    ref = out["image"][0]
+    assert isinstance(ref, str) and ref.endswith(".npy")
+    assert isinstance(out["image"][1], list) and len(out["image"][1]) == 2
+    assert out["image"][1][0] == ref  # same content + params -> same entry
+    arr = load_image(ref)
+    assert arr.shape == SHAPE and 0 <= arr.min() and arr.max() <= 1
+    mtime = (tmp_path / "c").stat().st_mtime_ns
+    files = sorted(p.name for p in (tmp_path / "c").rglob("*.npy"))
+    again = loader.transform(X)  # served from the cache
+    assert again["image"][0] == ref and sorted(p.name for p in (tmp_path / "c").rglob("*.npy")) == files
+    assert again["rows"].tolist() == out["rows"].tolist() and mtime is not None
+    other = DicomLoader(output_shape=SHAPE, clahe=False, cache_dir=str(tmp_path / "c")).fit_transform(X)
+    assert other["image"][0] != ref
+    assert not list((tmp_path / "c").rglob("*.tmp"))
+
+
+def test_metadata_columns_and_missing_spacing():
+    out = DicomLoader(output_shape=SHAPE).fit_transform(pd.DataFrame({"image": [real("RG1_UNCR.dcm")]}))
+    assert out["modality"][0] == "CR" and out["photometric"][0] == "MONOCHROME1"
+    assert out["rows"][0] == 1955 and out["cols"][0] == 1841
+    assert out["spacing_mm"][0] > 0 or np.isnan(out["spacing_mm"][0])
+
+
+def test_synthetic_cohort_dicoms_round_trip(tmp_path):
+    from fracsurv.datasets import make_spine_cohort
+
+    arrays = make_spine_cohort(6, image_shape=(128, 64), random_state=1)
+    files = make_spine_cohort(6, image_shape=(128, 64), random_state=1, out_dir=tmp_path)
+    out = DicomLoader(output_shape=(128, 64), clahe=False, voi="none").fit_transform(files.frame)
+    for loaded, truth in zip(out["image"], arrays.frame["image"]):
+        t = (truth - truth.min()) / (truth.max() - truth.min())
+        assert np.abs(loaded - t).max() < 2e-3  # quantisation of 12-16 bit storage
+    assert set(out["photometric"]) == {"MONOCHROME1", "MONOCHROME2"} or len(out) < 6
+
+
+def test_no_identifier_leaks(tmp_path, caplog):
+    ds = pydicom.dcmread(real("RG3_UNCR.dcm"))
+    secrets = {"PatientName": "LEAKME^SECRETNAME", "PatientID": "SECRETID123",
+               "PatientBirthDate": "19410203", "AccessionNumber": "ACCSECRET77",
+               "InstitutionName": "SECRET HOSPITAL", "ReferringPhysicianName": "DOC^SECRETDOC"}
+    for k, v in secrets.items():
+        setattr(ds, k, v)
+    ds.save_as(tmp_path / "good.dcm")
+    bad = pydicom.dcmread(real("RG3_UNCR.dcm"))
+    for k, v in secrets.items():
+        setattr(bad, k, v)
+    bad.PixelData = bad.PixelData[:100]  # corrupt: too little pixel data
+    bad.save_as(tmp_path / "bad.dcm")
+    uids = [str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)]
+    X = pd.DataFrame({"image": [str(tmp_path / "good.dcm"), str(tmp_path / "bad.dcm")]})
+    cache = tmp_path / "cache"
+    messages = []
+    with caplog.at_level(logging.DEBUG):
+        out = DicomLoader(output_shape=SHAPE, cache_dir=str(cache), on_error="skip").fit_transform(X)
+        try:
+            DicomLoader(output_shape=SHAPE, cache_dir=str(cache)).fit_transform(X)
+        except DicomLoadError as exc:
+            messages.append(str(exc))
+    assert messages, "the corrupt file must raise"
+    messages += [str(e) for e in out["load_error"] if e]
+    written = b"".join(p.read_bytes() + str(p).encode() for p in cache.rglob("*") if p.is_file())
+    haystacks = [written, caplog.text.encode(), " ".join(messages).encode(),
+                 out.drop(columns="image").to_csv().encode()]
+    for needle in [*secrets.values(), *uids, "SECRET"]:
+        for hay in haystacks:
+            assert needle.encode() not in hay, needle
+
+
+def test_pipeline_clone_and_bad_params():
+    loader = DicomLoader(output_shape=SHAPE)
+    pipe = Pipeline([("load", loader)])
+    out = pipe.fit_transform(pd.DataFrame({"image": [np.ones((10, 10)) * np.arange(10)]}))
+    assert out["image"][0].shape == SHAPE
+    assert clone(loader).get_params() == loader.get_params()
+    with pytest.raises(ValueError, match="on_error"):
+        DicomLoader(on_error="ignore").fit(pd.DataFrame({"image": []}))
+    with pytest.raises(ValueError, match="no column"):
+        DicomLoader().fit(pd.DataFrame({"img": []}))
