@@ -41,7 +41,7 @@ def test_groups_exact_on_hand_made_data():
 
 def test_bad_scores_name_the_row():
     X = pd.DataFrame({"pvf": [0.1, np.nan], "gpvf": [0.2, 0.3]}, index=["p1", "p2"])
-    with pytest.raises(ValueError, match="'pvf'.*'p2'"):
+    with pytest.raises(ValueError, match=r"'pvf'.*'p2'"):
         RiskGrouper().fit(X)
     with pytest.raises(ValueError, match="no column 'gpvf'"):
         RiskGrouper().fit(X[["pvf"]].fillna(0.0))
@@ -77,7 +77,7 @@ def test_optimal_thresholds_in_grouper(gbsg):
     X, y = gbsg
     frame = pd.DataFrame({"pvf": X["pnodes"] / X["pnodes"].max(), "gpvf": X["tsize"] / X["tsize"].max()})
     g = RiskGrouper(thresholds="optimal").fit(frame, y)
-    tb, tf = g.thresholds_
+    tb, _ = g.thresholds_
     assert frame["pvf"].min() < tb <= frame["pvf"].max()
     assert set(g.cutpoint_stats_) == {"baseline", "future"}
     groups = g.transform(frame)["risk_group"]
