@@ -1,0 +1,179 @@
+"""The multimodal study's fixed stack of vertebra crops (pure functions + a transformer).
+
+Rules (the study's section 3.1.6, made parametric):
+
+1. boxes taller than ``max_box_height`` are discarded (they hold several vertebrae);
+2. while more than ``n_crops`` remain, the highest (top-most, neck) box is dropped;
+3. while fewer remain, empty slots are inserted where the gap between consecutive
+   box centres exceeds ``gap_factor`` x the median gap (one slot per missing
+   vertebra); any still missing are appended at the bottom;
+4. every crop is padded (centred, zeros) to ``crop_size``; a crop larger than that
+   is first shrunk to fit, keeping its aspect ratio.
+
+Sizes default to the study's (272 x 230 crops, 230 px maximum box height, for
+1024 x 512 images) scaled to the image at hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from fracsurv._base import row_label
+from fracsurv.io.refs import ImageCache, hash_parts, load_image
+
+__all__ = ["CropStacker", "box_from_points", "crop_stack", "select_boxes"]
+
+STUDY_CROP = (272, 230)
+STUDY_MAX_HEIGHT = 230
+STUDY_IMAGE = (1024, 512)
+
+
+def box_from_points(points: np.ndarray, margin: float = 0.15) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` around the six keypoints, widened by ``margin`` of its size."""
+    p = np.asarray(points, float)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    pad = (hi - lo) * margin
+    return np.concatenate([lo - pad, hi + pad])
+
+
+def select_boxes(boxes: np.ndarray, n_crops: int = 13, max_box_height: float = np.inf,
+                 gap_factor: float = 1.5) -> list[np.ndarray | None]:
+    """Apply rules 1-3: ``n_crops`` slots top to bottom, ``None`` for an empty slot."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    boxes = boxes[(boxes[:, 3] - boxes[:, 1]) <= max_box_height]
+    boxes = boxes[np.argsort((boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")]
+    while len(boxes) > n_crops:
+        boxes = boxes[1:]
+    slots: list[np.ndarray | None] = [b for b in boxes]
+    if 1 < len(boxes) < n_crops:
+        centres = (boxes[:, 1] + boxes[:, 3]) / 2
+        gaps = np.diff(centres)
+        median = float(np.median(gaps))
+        filled: list[np.ndarray | None] = [boxes[0]]
+        missing_total = n_crops - len(boxes)
+        for gap, box in zip(gaps, boxes[1:]):
+            if median > 0 and gap > gap_factor * median and missing_total > 0:
+                k = min(missing_total, max(1, round(gap / median) - 1))
+                filled.extend([None] * k)
+                missing_total -= k
+            filled.append(box)
+        slots = filled
+    slots.extend([None] * (n_crops - len(slots)))
+    return slots
+
+
+def crop_stack(image: np.ndarray, slots: list[np.ndarray | None],
+               crop_size: tuple[int, int]) -> np.ndarray:
+    """Rule 4: an ``(N, h, w)`` float32 stack, empty slots as zeros."""
+    from skimage.transform import resize
+
+    h, w = crop_size
+    out = np.zeros((len(slots), h, w), np.float32)
+    H, W = image.shape
+    for k, box in enumerate(slots):
+        if box is None:
+            continue
+        x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+        x1, y1 = min(int(np.ceil(box[2])), W), min(int(np.ceil(box[3])), H)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        crop = image[y0:y1, x0:x1]
+        ch, cw = crop.shape
+        scale = min(1.0, h / ch, w / cw)
+        if scale < 1.0:
+            crop = resize(crop, (max(1, int(ch * scale)), max(1, int(cw * scale))),
+                          anti_aliasing=True, preserve_range=True)
+            ch, cw = crop.shape
+        top, left = (h - ch) // 2, (w - cw) // 2
+        out[k, top:top + ch, left:left + cw] = crop
+    return out
+
+
+class CropStacker(TransformerMixin, BaseEstimator):
+    """Cut each row's fixed crop stack from vertebra keypoints held in X.
+
+    The keypoints may be annotations or a detector's output (``VertebraCropper``
+    uses this for its ``crops``). Adds ``output_column`` (an ``(N, h, w)`` array, or a
+    cache reference when ``cache_dir`` is set) and ``n_vertebrae_cropped``.
+
+    Parameters
+    ----------
+    keypoints_column, image_column, output_column : str
+    n_crops : int, default=13
+    crop_size : (int, int) or "auto"
+        ``"auto"`` scales the study's 272 x 230 from 1024 x 512 to each image.
+    max_box_height : float or "auto"
+        ``"auto"`` scales the study's 230 px likewise.
+    gap_factor : float, default=1.5
+    margin : float, default=0.15
+        Box margin around the keypoints, as a fraction of the box size.
+    cache_dir : path, optional
+    """
+
+    def __init__(self, keypoints_column: str = "keypoints", image_column: str = "image",
+                 output_column: str = "crops", n_crops: int = 13, crop_size: Any = "auto",
+                 max_box_height: Any = "auto", gap_factor: float = 1.5, margin: float = 0.15,
+                 cache_dir: str | None = None) -> None:
+        self.keypoints_column = keypoints_column
+        self.image_column = image_column
+        self.output_column = output_column
+        self.n_crops = n_crops
+        self.crop_size = crop_size
+        self.max_box_height = max_box_height
+        self.gap_factor = gap_factor
+        self.margin = margin
+        self.cache_dir = cache_dir
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        return tags
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> CropStacker:
+        """Check the columns (stateless)."""
+        for c in (self.keypoints_column, self.image_column):
+            if c not in X.columns:
+                raise ValueError(f"X has no column {c!r}")
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _sizes(self, shape: tuple[int, int]) -> tuple[tuple[int, int], float]:
+        sy, sx = shape[0] / STUDY_IMAGE[0], shape[1] / STUDY_IMAGE[1]
+        size = self.crop_size if self.crop_size != "auto" else (
+            max(8, round(STUDY_CROP[0] * sy)), max(8, round(STUDY_CROP[1] * sx)))
+        hmax = self.max_box_height if self.max_box_height != "auto" else STUDY_MAX_HEIGHT * sy
+        return (int(size[0]), int(size[1])), float(hmax)
+
+    def stack_one(self, image: np.ndarray, vertebrae: list[dict[str, Any]]) -> np.ndarray:
+        """The crop stack of one image from its vertebra list."""
+        size, hmax = self._sizes(image.shape)
+        boxes = np.array([box_from_points(np.asarray(v["points"]), self.margin)
+                          for v in vertebrae]).reshape(-1, 4)
+        return crop_stack(image, select_boxes(boxes, self.n_crops, hmax, self.gap_factor), size)
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Add the crop stacks (see class docstring)."""
+        check_is_fitted(self, "n_features_in_")
+        cache = ImageCache(self.cache_dir) if self.cache_dir else None
+        stacks, counts = [], []
+        for pos, (img_ref, kps) in enumerate(zip(X[self.image_column], X[self.keypoints_column])):
+            if img_ref is None or (isinstance(img_ref, float) and np.isnan(img_ref)):
+                raise ValueError(f"no image in {row_label(X, pos)}")
+            image = load_image(img_ref)
+            kps = kps if isinstance(kps, list) else []
+            stack = self.stack_one(image, kps)
+            if cache is not None:
+                stack = cache.put(stack, hash_parts(stack, "crops"))
+            stacks.append(stack)
+            counts.append(len(kps))
+        out = X.copy()
+        out[self.output_column] = pd.Series(stacks, index=X.index, dtype=object)
+        out["n_vertebrae_cropped"] = counts
+        return out

@@ -1,0 +1,54 @@
+"""Crop-stack rules on hand-made boxes, and the transformer on the synthetic cohort."""
+
+import numpy as np
+import pandas as pd
+
+from fracsurv.vertebrae.crops import CropStacker, crop_stack, select_boxes
+
+
+def boxes(centres, h=10.0):
+    return np.array([[0, c - h / 2, 20, c + h / 2] for c in centres], float)
+
+
+def _centres(slots):
+    return [None if s is None else (s[1] + s[3]) / 2 for s in slots]
+
+
+def test_tall_boxes_discarded_and_top_dropped():
+    b = np.vstack([boxes([10, 30, 50, 70]), [[0, 0, 20, 80]]])  # last one too tall
+    slots = select_boxes(b, n_crops=3, max_box_height=40)
+    assert _centres(slots) == [30, 50, 70]  # the top-most (10) dropped, tall one gone
+
+
+def test_empty_slots_inserted_in_gaps():
+    slots = select_boxes(boxes([10, 30, 50, 110, 130]), n_crops=8, gap_factor=1.5)
+    # gap 50 -> 110 is three median gaps: two vertebrae missing there, one more at the end
+    assert _centres(slots) == [10, 30, 50, None, None, 110, 130, None]
+
+
+def test_exact_count_untouched_and_unsorted_input():
+    slots = select_boxes(boxes([50, 10, 30]), n_crops=3)
+    assert _centres(slots) == [10, 30, 50]
+
+
+def test_crop_stack_pads_and_shrinks():
+    img = np.arange(100 * 50, dtype=np.float32).reshape(100, 50)
+    stack = crop_stack(img, [np.array([5, 10, 15, 20]), None, np.array([0, 0, 50, 100])], (20, 16))
+    assert stack.shape == (3, 20, 16)
+    assert (stack[1] == 0).all()
+    # first crop (10x10) centred: its top-left pixel is img[10, 5]
+    assert stack[0][5, 3] == img[10, 5]
+    assert (stack[2] > 0).sum() > 0 and stack[2].max() <= img.max()
+
+
+def test_transformer_on_cohort():
+    from fracsurv.datasets import make_spine_cohort
+
+    c = make_spine_cohort(4, image_shape=(256, 128), random_state=0)
+    out = CropStacker(n_crops=13).fit_transform(c.frame)
+    stack = out["crops"][0]
+    assert stack.shape == (13, 68, 58)  # 272x230 scaled from 1024x512 to 256x128
+    n = len(c.frame["keypoints"][0])
+    assert ((stack.reshape(13, -1).max(axis=1) > 0).sum()) == min(n, 13)
+    empty = CropStacker().fit_transform(pd.DataFrame({"image": [np.ones((256, 128))], "keypoints": [[]]}))
+    assert (empty["crops"][0] == 0).all() and empty["n_vertebrae_cropped"][0] == 0

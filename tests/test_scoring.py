@@ -1,0 +1,116 @@
+"""PVFScorer: aggregation rules, learning on a clear signal, persistence, sklearn integration."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import Pipeline
+
+from fracsurv.nn import load_model
+from fracsurv.scoring import PVFScorer, aggregate_cell_scores, cell_groups
+
+
+def test_cell_groups_layouts():
+    a, b, c, d = (np.full((4, 4), v) for v in range(4))
+    assert len(cell_groups(a)) == 1
+    assert [len(g) for g in cell_groups([a, b, c, d], n_seeds=2)] == [2, 2]
+    assert [len(g) for g in cell_groups([[a, b, c], [d]])] == [3, 1]
+    assert [len(g) for g in cell_groups([a, b])] == [1, 1]  # views, no seeds
+    with pytest.raises(ValueError, match="multiple of n_seeds"):
+        cell_groups([a, b, c], n_seeds=2)
+
+
+def test_aggregation_mean_over_seeds_then_max():
+    score, sd = aggregate_cell_scores([np.array([0.2, 0.4]), np.array([0.5, 0.9, 0.7]),
+                                       np.array([0.6])])
+    assert score == pytest.approx(0.7)  # group means 0.3, 0.7, 0.6 -> max 0.7
+    assert sd == pytest.approx(np.std([0.5, 0.9, 0.7]))
+    assert aggregate_cell_scores([np.array([0.4])]) == (0.4, 0.0)
+
+
+def _blob_frame(n, rng):
+    """Images where a bright square marks the positive class: a clear, learnable signal."""
+    imgs, labels = [], []
+    for _ in range(n):
+        img = rng.normal(0.3, 0.05, (32, 16)).astype(np.float32)
+        lab = int(rng.random() < 0.4)
+        if lab:
+            y, x = rng.integers(2, 24), rng.integers(2, 10)
+            img[y:y + 6, x:x + 5] += 0.6
+        imgs.append(img)
+        labels.append(lab)
+    return pd.DataFrame({"image": imgs, "prevalent_vf": labels, "age": rng.uniform(50, 90, n)})
+
+
+FAST = {"backbone": "resnet10-tiny", "input_shape": (32, 16), "max_epochs": 12, "batch_size": 16,
+        "lr": 3e-3, "augment": False, "validation_fraction": 0.0, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return _blob_frame(120, rng), _blob_frame(60, rng)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return PVFScorer(**FAST).fit(data[0])
+
+
+def test_learns_above_chance(fitted, data):
+    assert fitted.score(data[1]) > 0.8
+    out = fitted.transform(data[1])
+    assert {"pvf", "pvf_sd"} <= set(out.columns) and out["age"].equals(data[1]["age"])
+    assert out["pvf"].between(0, 1).all()
+
+
+def test_deterministic(fitted, data):
+    again = PVFScorer(**FAST).fit(data[0])
+    np.testing.assert_allclose(again.decision_function(data[1]), fitted.decision_function(data[1]))
+
+
+def test_cells_with_several_images_use_the_rule(fitted, data):
+    test = data[1]
+    pos = test.index[test["prevalent_vf"] == 1][0]
+    neg = test.index[test["prevalent_vf"] == 0][:3]
+    imgs = [test.loc[pos, "image"], *test.loc[neg, "image"]]
+    single = fitted.decision_function(pd.DataFrame({"image": imgs}))
+    cell = PVFScorer(**{**FAST, "n_seeds": 2})
+    cell.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    out = cell.transform(pd.DataFrame({"image": [imgs]}))
+    expected = max(np.mean(single[:2]), np.mean(single[2:]))
+    assert out["pvf"][0] == pytest.approx(expected, rel=1e-5)
+    best = np.argmax([np.mean(single[:2]), np.mean(single[2:])])
+    assert out["pvf_sd"][0] == pytest.approx(np.std(single[2 * best: 2 * best + 2]), rel=1e-4)
+
+
+def test_grad_cam(fitted, data):
+    maps = fitted.grad_cam(list(data[1]["image"][:2]))
+    assert maps.shape == (2, 32, 16) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+
+
+def test_calibration_and_persistence(data, tmp_path):
+    model = PVFScorer(**{**FAST, "calibration": "temperature"}).fit(data[0])
+    assert model.temperature_ > 0
+    loaded = load_model(model.save(tmp_path / "pvf"))
+    np.testing.assert_allclose(loaded.decision_function(data[1]), model.decision_function(data[1]),
+                               rtol=1e-5)
+
+
+def test_labels_and_errors(data):
+    with pytest.raises(ValueError, match="label column"):
+        PVFScorer(**FAST).fit(data[0].drop(columns="prevalent_vf"))
+    bad = data[0].assign(prevalent_vf=2)
+    with pytest.raises(ValueError, match="0/1"):
+        PVFScorer(**FAST).fit(bad)
+
+
+def test_pipeline_gridsearch_clone(data):
+    est = PVFScorer(**{**FAST, "max_epochs": 2})
+    assert clone(est).get_params() == est.get_params()
+    grid = GridSearchCV(est, {"lr": [1e-3, 3e-3]}, cv=KFold(2, shuffle=True, random_state=0))
+    grid.fit(data[0], data[0]["prevalent_vf"].to_numpy())
+    assert 0.0 <= grid.best_score_ <= 1.0
+    out = Pipeline([("pvf", est)]).fit(data[0]).transform(data[1])
+    assert "pvf" in out
