@@ -41,7 +41,8 @@ class DemoContext:
     truth: Any = None
     cohort: Any = None
     risks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> test risk
-    fitted: dict[str, Any] = field(default_factory=dict)
+    fitted: dict[str, Any] = field(default_factory=dict)  # pipeline components
+    models: dict[str, Any] = field(default_factory=dict)  # name -> (survival model, columns)
     skipped: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 

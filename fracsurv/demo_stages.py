@@ -120,7 +120,7 @@ def _models(ctx: DemoContext) -> dict[str, tuple[Callable[[], Any], list[str]]]:
 def stage_models(ctx: DemoContext) -> None:
     for name, (make, cols) in _models(ctx).items():
         model = make().fit(ctx.train[cols].astype(float), ctx.y_train)
-        ctx.fitted[name] = (model, cols)
+        ctx.models[name] = (model, cols)
         ctx.risks[name] = model.predict(ctx.test[cols].astype(float))
         print(f"    {name}: test C = {concordance_index(ctx.y_test, ctx.risks[name]):.3f}",
               flush=True)
@@ -138,21 +138,25 @@ def stage_comparison(ctx: DemoContext) -> None:
     ctx.report.section("Model comparison", "models")
     times = _eval_times(ctx)
     rows = {}
-    for name, (model, cols) in ctx.fitted.items():
+    def ci(fn: Callable[..., Any], *args: Any) -> str:
+        try:
+            return str(fn(*args, n_boot=N_BOOT, random_state=ctx.seed))
+        except ValueError as exc:  # too few events in the resamples of a small cohort
+            return f"not estimable ({exc})"
+
+    for name, (model, cols) in ctx.models.items():
         risk = ctx.risks[name]
-        c = concordance_index_ci(ctx.y_test, risk, n_boot=N_BOOT, random_state=ctx.seed)
-        auc = mean_auc_ci(ctx.y_train, ctx.y_test, risk, times, n_boot=N_BOOT,
-                          random_state=ctx.seed)
         surv = np.vstack([fn(times) for fn in
                           model.predict_survival_function(ctx.test[cols].astype(float))])
-        ibs = integrated_brier_ci(ctx.y_train, ctx.y_test, surv, times, n_boot=N_BOOT,
-                                  random_state=ctx.seed)
-        rows[name] = {"C-index (95% CI)": str(c), "mean AUC(t) (95% CI)": str(auc),
-                      "integrated Brier (95% CI)": str(ibs)}
+        rows[name] = {
+            "C-index (95% CI)": ci(concordance_index_ci, ctx.y_test, risk),
+            "mean AUC(t) (95% CI)": ci(mean_auc_ci, ctx.y_train, ctx.y_test, risk, times),
+            "integrated Brier (95% CI)": ci(integrated_brier_ci, ctx.y_train, ctx.y_test, surv,
+                                            times)}
     if ctx.truth is not None and "log_hazard" in getattr(ctx.truth, "keys", lambda: [])():
         oracle = np.asarray(ctx.truth["log_hazard"])[ctx.split_index[1]]  # type: ignore[attr-defined]
-        c = concordance_index_ci(ctx.y_test, oracle, n_boot=N_BOOT, random_state=ctx.seed)
-        rows["Oracle (true log-hazard)"] = {"C-index (95% CI)": str(c),
+        rows["Oracle (true log-hazard)"] = {"C-index (95% CI)": ci(concordance_index_ci,
+                                                                   ctx.y_test, oracle),
                                             "mean AUC(t) (95% CI)": "",
                                             "integrated Brier (95% CI)": ""}
     ctx.report.add_table(pd.DataFrame(rows).T, caption=(
@@ -160,8 +164,165 @@ def stage_comparison(ctx: DemoContext) -> None:
         f"AUC(t) and Brier over t in [{times[0]:.2f}, {times[-1]:.2f}]"))
 
 
+def stage_images(ctx: DemoContext) -> None:
+    from fracsurv.io import DicomLoader
+
+    if ctx.cohort is None and "image" not in ctx.train.columns:
+        _skip(ctx, "image loading (no images in this cohort)", "the synthetic cohort")
+        return
+    shape = _image_shape(ctx)
+    loader = DicomLoader(output_shape=shape, cache_dir=str(ctx.out / "cache"), n_jobs=2)
+    ctx.train = loader.fit_transform(ctx.train)
+    ctx.test = loader.transform(ctx.test)
+    ctx.fitted["DicomLoader"] = loader
+    print(f"    loaded {len(ctx.train) + len(ctx.test)} DICOM files into {ctx.out / 'cache'}",
+          flush=True)
+
+
+def _image_shape(ctx: DemoContext) -> tuple[int, int]:
+    from fracsurv.io import load_image
+
+    ref = ctx.train["image"].iloc[0]
+    return tuple(load_image(ref).shape) if not isinstance(ref, str) or not ref.endswith(".dcm") \
+        else tuple(getattr(ctx, "image_shape", None) or (256, 128))
+
+
+def stage_crops(ctx: DemoContext) -> None:
+    if "keypoints" not in ctx.train.columns:
+        return
+    from fracsurv.vertebrae.crops import CropStacker
+
+    cropper = _available("fracsurv.vertebrae", "VertebraCropper")
+    if cropper is None:
+        _skip(ctx, "learned vertebra detection; crops are cut from the cohort's annotated "
+              "keypoints instead", "VertebraCropper")
+    stacker = CropStacker()
+    ctx.train = stacker.fit_transform(ctx.train)
+    ctx.test = stacker.transform(ctx.test)
+
+
+def stage_pvf(ctx: DemoContext) -> None:
+    if "crops" not in ctx.train.columns or "prevalent_vf" not in ctx.train.columns:
+        return
+    from fracsurv.scoring import PVFScorer
+
+    h, w = np.asarray(ctx.train["crops"].iloc[0]).shape[-2:]
+    scorer = PVFScorer(backbone="resnet10-tiny", image_column="crops", input="crops",
+                       input_shape=(int(h), int(w)), max_epochs=2 if ctx.tiny else 12,
+                       batch_size=32, lr=2e-3, augment=False, validation_fraction=0.0,
+                       random_state=ctx.seed)
+    scorer.fit(ctx.train)
+    ctx.train, ctx.test = scorer.transform(ctx.train), scorer.transform(ctx.test)
+    ctx.fitted["PVFScorer"] = scorer
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(ctx.test["prevalent_vf"], ctx.test["pvf"])
+    ctx.pvf_auc = auc  # type: ignore[attr-defined]
+    print(f"    pVF AUROC on the test split: {auc:.3f}", flush=True)
+
+
+def stage_future(ctx: DemoContext) -> None:
+    gen = _available("fracsurv.generative", "DiffXGenerator")
+    if gen is None:
+        _skip(ctx, "generated future radiographs and GpVF; RiskGrouper's LL/LH/HIGH groups need "
+              "them", "DiffXGenerator")
+
+
+def stage_analysis(ctx: DemoContext) -> None:
+    from fracsurv.stratify import (
+        cox_table,
+        decision_table,
+        km_figure,
+        logrank_tables,
+        td_auc_figure,
+        td_auc_table,
+    )
+
+    rep = ctx.report
+    rep.section("Time-dependent AUROC", "td-auc")
+    times = _eval_times(ctx)
+    table = td_auc_table(ctx.y_train, ctx.y_test, ctx.risks, times)
+    rep.add_table(table, caption="Cumulative/dynamic AUC (IPCW) on the test split")
+    rep.add_figure(td_auc_figure(table), "Time-dependent AUROC of the survival models")
+
+    if "pvf" in ctx.test.columns:
+        rep.section("Kaplan-Meier by baseline pVF", "km")
+        rep.add_notice("LL/LH/HIGH risk groups need the generated (future) pVF score; until the "
+                       "generator exists, groups are baseline pVF below / at or above 0.5.")
+        groups = pd.Series(pd.Categorical(np.where(ctx.test["pvf"] >= 0.5, "high pVF", "low pVF"),
+                                          categories=["low pVF", "high pVF"], ordered=True))
+        if groups.nunique() > 1:
+            rep.add_figure(km_figure(ctx.y_test, groups, "test split"), "Kaplan-Meier curves")
+            pw, overall = logrank_tables(ctx.y_test, groups)
+            rep.add_table(overall, caption="Log-rank test (all groups)")
+            rep.add_table(pw, caption="Pairwise log-rank tests")
+        else:
+            rep.add_notice("every test patient falls in one pVF group: no curves to compare")
+        if hasattr(ctx, "pvf_auc"):
+            rep.add_text(f"pVF score AUROC for the true prevalent fracture label (test): "
+                         f"{ctx.pvf_auc:.3f}")
+
+    rep.section("Cox hazard ratios", "hr")
+    clinical = _tabular_columns(ctx)
+    cov = [c for c in clinical if ctx.train[c].astype(float).std() > 0]
+    models = [cov] + ([[*cov, "pvf"]] if "pvf" in ctx.train.columns else [])
+    covariates = cov + (["pvf"] if "pvf" in ctx.train.columns else [])
+    hr, stats = cox_table(ctx.train, ctx.y_train, covariates, multivariable=models,
+                          penalizer=0.01)
+    rep.add_table(hr, caption="Hazard ratios (95% CI) on the training split: univariable and "
+                              "nested multivariable models (ridge penalty 0.01)")
+    rep.add_table(stats.drop(columns="covariates"), caption="Model fit: C-index, LR tests")
+
+    if "clinical_risk_score" in ctx.test.columns:
+        rep.section("Clinical decision table", "decision")
+        high = (ctx.test["pvf"] >= 0.5).to_numpy() if "pvf" in ctx.test.columns else \
+            np.zeros(len(ctx.test), bool)
+        horizon = float(np.median(survival_arrays(ctx.y_test)[1]))
+        rep.add_table(decision_table(ctx.y_test, horizon, ctx.test["clinical_risk_score"], 20.0,
+                                     high),
+                      caption=f"Fracture by {horizon:.1f} years: clinical risk score (FRAX "
+                              "stand-in) >= 20 % alone vs combined with a high pVF score")
+
+
+def stage_examples(ctx: DemoContext) -> None:
+    if ctx.cohort is None and "keypoints" not in ctx.test.columns:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fracsurv.io import load_image
+
+    rep = ctx.report
+    rep.section("Example radiographs", "examples")
+    rows = ctx.test.head(4)
+    fig, axes = plt.subplots(1, 2 * len(rows), figsize=(3.2 * len(rows), 4.2))
+    for k, (_, row) in enumerate(rows.iterrows()):
+        img = load_image(row["image"])
+        ax = axes[2 * k]
+        ax.imshow(img, cmap="gray")
+        for v in row.get("keypoints", []) or []:
+            p = np.asarray(v["points"])
+            ax.plot(p[[0, 1, 2, 5, 4, 3, 0], 0], p[[0, 1, 2, 5, 4, 3, 0], 1], "r-", lw=0.5)
+        ax.set_title(f"baseline, vf={row.get('prevalent_vf', '?')}", fontsize=8)
+        fu = row.get("followup_image")
+        if isinstance(fu, str):
+            axes[2 * k + 1].imshow(load_image(fu), cmap="gray")
+            axes[2 * k + 1].set_title(f"follow-up, age {row.get('followup_age', 0):.0f}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    rep.add_figure(fig, "Test patients: annotated keypoints (red) and the real follow-up image")
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("cohort", stage_cohort),
+    ("load images (DicomLoader)", stage_images),
+    ("vertebra crops", stage_crops),
+    ("pVF score (PVFScorer)", stage_pvf),
+    ("future images (DiffXGenerator)", stage_future),
     ("survival models", stage_models),
     ("model comparison", stage_comparison),
+    ("survival analysis", stage_analysis),
+    ("examples", stage_examples),
 ]

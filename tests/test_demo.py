@@ -5,14 +5,19 @@ import re
 from fracsurv.cli import main
 
 
-def test_demo_writes_report_with_every_section(tmp_path, capsys):
+def test_demo_writes_report_with_every_section(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FRACSURV_DATA", str(tmp_path / "data"))
     assert main(["demo", "--out", str(tmp_path), "--tiny", "--n-patients", "120",
                  "--image-shape", "128x64"]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "SIMULATED DATA" in html
-    for anchor in ("cohort", "models", "run"):
+    for anchor in ("cohort", "models", "td-auc", "km", "hr", "decision", "examples", "run"):
         assert f'id="{anchor}"' in html
     # every model row has a C-index with a CI, e.g. "0.712 (0.650-0.770)"
     assert len(re.findall(r"0\.\d{3} \(0\.\d{3}-0\.\d{3}\)", html)) >= 2
+    assert "Oracle (true log-hazard)" in html
+    assert html.count("data:image/png;base64,") >= 3
     out = capsys.readouterr().out
     assert "demo finished" in out
+    # components that do not exist yet are announced, never faked
+    assert "skipped: generated future radiographs" in out
