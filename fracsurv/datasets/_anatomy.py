@@ -143,7 +143,7 @@ def build_column(
     sacrum = np.vstack([posterior_edge, anterior_edge[::-1]])
     # straighten: overall chord vertical, then the requested tilt
     chord = pts[-1, 3] - pts[0, 0]
-    rot = -np.arctan2(chord[0], chord[1]) + np.deg2rad(tilt_deg)
+    rot = np.arctan2(chord[0], chord[1]) + np.deg2rad(tilt_deg)  # chord -> vertical
     c, s = np.cos(rot), np.sin(rot)
     r = np.array([[c, -s], [s, c]])
     pts = pts @ r.T
