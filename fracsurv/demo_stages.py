@@ -232,6 +232,7 @@ def stage_analysis(ctx: DemoContext) -> None:
     from fracsurv.stratify import (
         cox_table,
         decision_table,
+        format_cox_table,
         km_figure,
         logrank_tables,
         td_auc_figure,
@@ -263,15 +264,19 @@ def stage_analysis(ctx: DemoContext) -> None:
                          f"{ctx.pvf_auc:.3f}")
 
     rep.section("Cox hazard ratios", "hr")
-    clinical = _tabular_columns(ctx)
-    cov = [c for c in clinical if ctx.train[c].astype(float).std() > 0]
-    models = [cov] + ([[*cov, "pvf"]] if "pvf" in ctx.train.columns else [])
-    covariates = cov + (["pvf"] if "pvf" in ctx.train.columns else [])
-    hr, stats = cox_table(ctx.train, ctx.y_train, covariates, multivariable=models,
-                          penalizer=0.01)
-    rep.add_table(hr, caption="Hazard ratios (95% CI) on the training split: univariable and "
-                              "nested multivariable models (ridge penalty 0.01)")
-    rep.add_table(stats.drop(columns="covariates"), caption="Model fit: C-index, LR tests")
+    clinical = [c for c in _tabular_columns(ctx) if ctx.train[c].astype(float).std() > 0]
+    models = {"Clinical": clinical}
+    terms = list(clinical)
+    if "pvf" in ctx.train.columns:
+        models["Clinical + pVF"] = [*clinical, "pvf"]
+        terms.append("pvf")
+    tables = cox_table(ctx.train, ctx.y_train, terms, models=models, penalizer=0.01)
+    rep.add_table(format_cox_table(tables), caption=(
+        "Hazard ratios (95% CI) on the training split, univariable and nested multivariable "
+        "Cox models (lifelines, ridge penalty 0.01), laid out like the Diff-X study's Table 4"))
+    rep.add_table(tables.models, caption="Model fit: C-index and LR chi-square")
+    if len(tables.comparisons):
+        rep.add_table(tables.comparisons, caption="Likelihood-ratio tests between nested models")
 
     if "clinical_risk_score" in ctx.test.columns:
         rep.section("Clinical decision table", "decision")

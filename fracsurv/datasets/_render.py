@@ -80,7 +80,7 @@ def _poly(layer: np.ndarray, pts: np.ndarray, value: float) -> None:
     if cx0 >= cx1 or cy0 >= cy1:
         return
     mask = Image.new("1", (cx1 - cx0, cy1 - cy0), 0)
-    ImageDraw.Draw(mask).polygon([(float(x - cx0), float(y - cy0)) for x, y in pts], fill=1)
+    ImageDraw.Draw(mask).polygon((pts - [cx0, cy0]).ravel().tolist(), fill=1)
     layer[cy0:cy1, cx0:cx1] += value * np.asarray(mask, dtype=np.float32)
 
 
@@ -242,7 +242,8 @@ def _smooth_coarse(layer: np.ndarray, sigma_px: float, factor: int = 4) -> np.nd
     small = layer[: h - h % factor or h, : w - w % factor or w]
     small = small.reshape(small.shape[0] // factor, factor, small.shape[1] // factor, factor).mean((1, 3))
     small = ndimage.gaussian_filter(small, sigma_px / factor)
-    big = ndimage.zoom(small, factor, order=1)
+    # nearest-neighbour upsampling: the later acquisition blur smooths the steps
+    big = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
     out = np.empty_like(layer)
     out[: big.shape[0], : big.shape[1]] = big[: h, : w]
     if big.shape[0] < h:

@@ -32,10 +32,14 @@ __all__ = [
     "bootstrap_ci",
     "brier_score",
     "concordance_index",
+    "concordance_index_censored",
     "concordance_index_ci",
+    "concordance_index_ipcw",
     "cox_lr_test",
+    "cumulative_dynamic_auc",
     "integrated_brier",
     "integrated_brier_ci",
+    "integrated_brier_score",
     "likelihood_ratio_test",
     "mean_auc",
     "mean_auc_ci",
@@ -47,7 +51,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CIResult:
-    """A point estimate with a percentile-bootstrap confidence interval."""
+    """A point estimate with a percentile-bootstrap confidence interval.
+
+    Attributes
+    ----------
+    estimate : float
+        The metric on the full evaluation set.
+    low, high : float
+        The ``alpha / 2`` and ``1 - alpha / 2`` quantiles of the bootstrap values.
+    se : float
+        Standard deviation of the bootstrap values (bootstrap standard error).
+    n_boot : int
+        Resamples drawn.
+    n_failed : int
+        Resamples where the metric was undefined and that were dropped.
+    alpha : float
+        1 - confidence level.
+    """
 
     estimate: float
     low: float
@@ -55,9 +75,15 @@ class CIResult:
     se: float
     n_boot: int
     n_failed: int = 0
+    alpha: float = 0.05
 
     def __str__(self) -> str:
         return f"{self.estimate:.3f} ({self.low:.3f}-{self.high:.3f})"
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """``{estimate, CI low, CI high, SE}`` (keys prefixed), for table rows."""
+        return {f"{prefix}estimate": self.estimate, f"{prefix}CI low": self.low,
+                f"{prefix}CI high": self.high, f"{prefix}SE": self.se}
 
 
 @dataclass(frozen=True)
@@ -70,21 +96,77 @@ class LRTestResult:
 
 
 # -- point estimates (thin wrappers over scikit-survival) -----------------------------
-def concordance_index(y: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C of ``risk`` (higher = earlier event) for structured ``y``."""
+def concordance_index(y: np.ndarray, risk: np.ndarray, tied_tol: float = 1e-8) -> float:
+    """Harrell's C of ``risk`` (higher = earlier event) for a structured ``y``.
+
+    Same definition as :func:`sksurv.metrics.concordance_index_censored`, which it
+    calls: a pair is comparable when the shorter time is an event (an event tied
+    with a censoring time counts, two tied event times do not); risks within
+    ``tied_tol`` count 1/2.
+
+    Parameters
+    ----------
+    y : structured ndarray
+        ``(event, time)`` as made by ``sksurv.util.Surv.from_arrays``.
+    risk : array-like of shape (n,)
+        Predicted risk.
+    tied_tol : float
+        Tolerance under which two risks are tied.
+
+    Returns
+    -------
+    float
+        C in [0, 1].
+    """
     event, time = survival_arrays(y)
-    return float(concordance_index_censored(event, time, np.asarray(risk, float))[0])
+    risk = np.asarray(risk, float).ravel()
+    if risk.shape[0] != len(y):
+        raise ValueError(f"risk has {risk.shape[0]} values but y has {len(y)} rows")
+    return float(concordance_index_censored(event, time, risk, tied_tol=tied_tol)[0])
 
 
 def uno_c(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray,
           tau: float | None = None) -> float:
-    """Uno's IPCW C-index (censoring weights from ``y_train``), truncated at ``tau``."""
+    """Uno's IPCW C-index (:func:`sksurv.metrics.concordance_index_ipcw`).
+
+    Parameters
+    ----------
+    y_train : structured ndarray
+        Training target; its Kaplan-Meier censoring distribution gives the weights.
+    y_test : structured ndarray
+        Evaluation target.
+    risk : array-like of shape (n_test,)
+        Predicted risk for ``y_test``.
+    tau : float, optional
+        Truncation time (pairs beyond it are ignored).
+
+    Returns
+    -------
+    float
+    """
     return float(concordance_index_ipcw(y_train, y_test, np.asarray(risk, float), tau=tau)[0])
 
 
 def time_dependent_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray,
                        times: Sequence[float]) -> tuple[np.ndarray, float]:
-    """Cumulative/dynamic AUC at ``times`` and its (survival-weighted) mean."""
+    """Cumulative/dynamic AUC (:func:`sksurv.metrics.cumulative_dynamic_auc`).
+
+    Parameters
+    ----------
+    y_train, y_test : structured ndarray
+        Training target (censoring weights) and evaluation target.
+    risk : array-like of shape (n_test,)
+        Predicted risk (one score for all times).
+    times : sequence of float
+        Evaluation times, inside the follow-up of ``y_test``.
+
+    Returns
+    -------
+    auc : ndarray of shape (len(times),)
+    mean_auc : float
+        scikit-survival's mean, weighted by the Kaplan-Meier estimate of the
+        survival function.
+    """
     auc, mean = cumulative_dynamic_auc(y_train, y_test, np.asarray(risk, float),
                                        np.asarray(times, float))
     return auc, float(mean)
@@ -92,13 +174,28 @@ def time_dependent_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray
 
 def mean_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray,
              times: Sequence[float]) -> float:
-    """Mean cumulative/dynamic AUC over ``times``."""
+    """Mean cumulative/dynamic AUC over ``times`` (see :func:`time_dependent_auc`)."""
     return time_dependent_auc(y_train, y_test, risk, times)[1]
 
 
 def integrated_brier(y_train: np.ndarray, y_test: np.ndarray, survival: np.ndarray,
                      times: Sequence[float]) -> float:
-    """Integrated IPCW Brier score of survival probabilities ``(n, len(times))``."""
+    """Integrated IPCW Brier score (:func:`sksurv.metrics.integrated_brier_score`).
+
+    Parameters
+    ----------
+    y_train, y_test : structured ndarray
+        Training target (censoring weights) and evaluation target.
+    survival : array-like of shape (n_test, len(times))
+        Predicted survival probabilities at ``times``.
+    times : sequence of float
+        At least two increasing times inside the follow-up of ``y_test``.
+
+    Returns
+    -------
+    float
+        Lower is better; 0.25 is an uninformative constant prediction of 0.5.
+    """
     return float(integrated_brier_score(y_train, y_test, np.asarray(survival, float),
                                         np.asarray(times, float)))
 
@@ -128,14 +225,27 @@ def bootstrap_ci(
     alpha : float
         1 - confidence level.
     random_state : int, Generator or None
-        Seed for reproducible intervals.
+        Seed for reproducible intervals (the same seed gives the same resamples,
+        so two models evaluated with one seed are compared on the same draws).
     max_failed_fraction : float
         Resamples where the metric is undefined (e.g. no comparable pairs, or a
         time outside the resample's follow-up) are dropped; more than this
         fraction of failures raises ``ValueError``.
+
+    Returns
+    -------
+    CIResult
     """
-    rng = np.random.default_rng(random_state)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
     n = len(y)
+    arrays = tuple(np.asarray(a) for a in arrays)
+    for k, a in enumerate(arrays):
+        if a.shape[0] != n:
+            raise ValueError(f"array {k} has {a.shape[0]} rows but y has {n}")
+    rng = np.random.default_rng(random_state)
     estimate = float(metric(y, *arrays))
     values = []
     failed = 0
@@ -156,7 +266,8 @@ def bootstrap_ci(
         raise ValueError(f"the metric was undefined in {failed} of {n_boot} bootstrap resamples")
     vals = np.asarray(values)
     low, high = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
-    return CIResult(estimate, float(low), float(high), float(vals.std(ddof=1)), n_boot, failed)
+    return CIResult(estimate, float(low), float(high), float(vals.std(ddof=1)), n_boot, failed,
+                    alpha)
 
 
 def concordance_index_ci(y: np.ndarray, risk: np.ndarray, **kwargs: Any) -> CIResult:
@@ -201,28 +312,45 @@ def likelihood_ratio_test(loglik_full: float, loglik_reduced: float, df_full: in
 
 
 def cox_lr_test(data: Any, duration_col: str, event_col: str, full: Sequence[str],
-                reduced: Sequence[str], penalizer: float = 0.0) -> LRTestResult:
-    """LR test between nested Cox models fitted with lifelines (Efron ties).
+                reduced: Sequence[str] = (), penalizer: float = 0.0) -> LRTestResult:
+    """LR test between nested Cox models fitted with lifelines' ``CoxPHFitter`` (Efron ties).
 
-    ``reduced`` may be empty (the null model). Covariates of ``reduced`` must be a
-    subset of ``full``.
+    Parameters
+    ----------
+    data : DataFrame
+        Covariates plus the duration and event columns.
+    duration_col, event_col : str
+        Names of the time and event columns.
+    full : sequence of str
+        Covariates of the larger model (at least one).
+    reduced : sequence of str, default=()
+        Covariates of the nested model, a subset of ``full``; empty = the null model.
+    penalizer : float
+        lifelines' ridge penalty (0 = the plain partial likelihood, where the test
+        has its chi-square distribution).
+
+    Returns
+    -------
+    LRTestResult
     """
     from lifelines import CoxPHFitter
 
+    full, reduced = list(full), list(reduced)
+    if not full:
+        raise ValueError("the full model needs at least one covariate")
+    missing = [c for c in [duration_col, event_col, *full] if c not in data.columns]
+    if missing:
+        raise ValueError(f"data has no column(s) {missing}")
     if not set(reduced) <= set(full):
         raise ValueError(f"reduced covariates {sorted(set(reduced) - set(full))} are not in full")
 
-    def loglik(cols: Sequence[str]) -> float:
-        if not cols:  # null model: the Efron partial log-likelihood at beta = 0
-            import torch
-
-            from fracsurv.survival.loss import cox_nll
-
-            t = torch.tensor(np.asarray(data[duration_col], float))
-            e = torch.tensor(np.asarray(data[event_col], float))
-            return -float(cox_nll(torch.zeros_like(t), t, e, reduction="sum"))
-        fit = CoxPHFitter(penalizer=penalizer).fit(
+    def fit(cols: Sequence[str]) -> Any:
+        return CoxPHFitter(penalizer=penalizer).fit(
             data[[duration_col, event_col, *cols]], duration_col, event_col)
-        return float(fit.log_likelihood_)
 
-    return likelihood_ratio_test(loglik(full), loglik(reduced), len(full), len(reduced))
+    f = fit(full)
+    if reduced:
+        ll_reduced = float(fit(reduced).log_likelihood_)
+    else:  # lifelines' own overall test is 2 (ll_full - ll_null)
+        ll_reduced = float(f.log_likelihood_) - f.log_likelihood_ratio_test().test_statistic / 2
+    return likelihood_ratio_test(f.log_likelihood_, ll_reduced, len(full), len(reduced))

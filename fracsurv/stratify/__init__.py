@@ -1,19 +1,51 @@
-"""Risk stratification (RiskGrouper) and the studies' survival analyses."""
+"""Risk stratification (RiskGrouper, cut-points) and the studies' survival analyses.
+
+* :mod:`~fracsurv.stratify.grouper` -- :class:`RiskGrouper` (LL / LH / HIGH);
+* :mod:`~fracsurv.stratify.cutpoint` -- maximally selected log-rank cut-points;
+* :mod:`~fracsurv.stratify.analysis` -- tidy tables: Cox HRs, log-rank, td-AUC,
+  DeLong, agreement, clinical decision table;
+* :mod:`~fracsurv.stratify.delong` -- DeLong's test;
+* :mod:`~fracsurv.stratify.plots` -- Kaplan-Meier, td-AUC and Bland-Altman figures.
+"""
 
 from fracsurv.stratify.analysis import (
+    CoxTables,
     agreement,
-    bland_altman_figure,
+    agreement_table,
     cox_table,
     decision_table,
-    delong_test,
-    horizon_labels,
-    km_figure,
+    delong_table,
+    format_cox_table,
+    group_levels,
     logrank_tables,
-    td_auc_figure,
     td_auc_table,
 )
-from fracsurv.stratify.grouper import GROUPS, RiskGrouper, maxstat_cutpoint
+from fracsurv.stratify.cutpoint import lausen_schumacher_p, logrank_scan, maxstat_cutpoint
+from fracsurv.stratify.delong import delong_test, horizon_labels, placement_values
+from fracsurv.stratify.grouper import ADDED_COLUMNS, GROUPS, RiskGrouper
+from fracsurv.stratify.plots import bland_altman_figure, km_figure, td_auc_figure
 
-__all__ = ["GROUPS", "RiskGrouper", "agreement", "bland_altman_figure", "cox_table",
-           "decision_table", "delong_test", "horizon_labels", "km_figure", "logrank_tables",
-           "maxstat_cutpoint", "td_auc_figure", "td_auc_table"]
+__all__ = [
+    "ADDED_COLUMNS",
+    "GROUPS",
+    "CoxTables",
+    "RiskGrouper",
+    "agreement",
+    "agreement_table",
+    "bland_altman_figure",
+    "cox_table",
+    "decision_table",
+    "delong_table",
+    "delong_test",
+    "format_cox_table",
+    "group_levels",
+    "horizon_labels",
+    "km_figure",
+    "lausen_schumacher_p",
+    "logrank_scan",
+    "logrank_tables",
+    "maxstat_cutpoint",
+    "placement_values",
+    "td_auc_figure",
+    "td_auc_table",
+]

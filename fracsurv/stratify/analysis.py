@@ -1,284 +1,468 @@
-"""The survival analyses of the source studies, as tidy tables and figures.
+"""The survival analyses of the source studies, as tidy pandas tables.
 
-lifelines fits the Cox models and the Kaplan-Meier curves and runs the log-rank
-tests; scikit-survival gives the time-dependent AUC; scipy the correlation. Two
-pieces are written by hand because no maintained Python library offers them:
-DeLong's test for two correlated AUCs and the clinical decision table.
+lifelines fits the Cox models and runs the log-rank tests, scikit-survival gives
+the time-dependent AUC, scipy the correlation. Written by hand because no
+maintained Python library offers them: DeLong's test for two correlated AUCs
+(:mod:`fracsurv.stratify.delong`), the Table 4-style layout of Cox models and the
+clinical decision table. Figures live in :mod:`fracsurv.stratify.plots`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fracsurv._base import survival_arrays
+from fracsurv._base import row_label, survival_arrays
+from fracsurv.stratify.delong import delong_test, horizon_labels
 
 __all__ = [
+    "CoxTables",
     "agreement",
-    "bland_altman_figure",
+    "agreement_table",
     "cox_table",
     "decision_table",
-    "delong_test",
-    "km_figure",
+    "delong_table",
+    "format_cox_table",
+    "group_levels",
     "logrank_tables",
-    "td_auc_figure",
     "td_auc_table",
 ]
 
+Terms = Sequence[str] | Mapping[str, Sequence[str] | Mapping[str, str]]
 
-def _cox(df: pd.DataFrame, cols: Sequence[str], penalizer: float) -> Any:
+
+# -- Cox models ------------------------------------------------------------------------
+@dataclass
+class CoxTables:
+    """Result of :func:`cox_table`.
+
+    Attributes
+    ----------
+    hr : DataFrame
+        One row per (model, covariate): ``model``, ``term``, ``covariate``,
+        ``level``, ``HR``, ``CI low``, ``CI high``, ``p``, ``reference``.
+    models : DataFrame
+        One row per model: ``kind``, ``covariates``, ``n``, ``events``,
+        ``C-index``, ``LR chi2`` (vs the null model), ``df``, ``p``,
+        ``log-likelihood``.
+    comparisons : DataFrame
+        LR chi-square tests between every pair of nested models: ``reduced``,
+        ``full``, ``LR chi2``, ``df``, ``p``.
+    """
+
+    hr: pd.DataFrame
+    models: pd.DataFrame
+    comparisons: pd.DataFrame
+
+    def __iter__(self):
+        """``display, models = cox_table(...)``: the Table 4 layout and the model table."""
+        return iter((format_cox_table(self), self.models))
+
+
+def _normalise_terms(terms: Terms) -> dict[str, dict[str, str]]:
+    """``{term: {column: level label}}`` from the accepted spellings."""
+    if isinstance(terms, str):
+        terms = [terms]
+    if not isinstance(terms, Mapping):
+        return {c: {c: c} for c in terms}
+    out = {}
+    for name, cols in terms.items():
+        if isinstance(cols, str):
+            cols = [cols]
+        out[name] = dict(cols) if isinstance(cols, Mapping) else {c: c for c in cols}
+    return out
+
+
+def _fit_cox(df: pd.DataFrame, cols: Sequence[str], penalizer: float, alpha: float) -> Any:
     from lifelines import CoxPHFitter
 
-    return CoxPHFitter(penalizer=penalizer).fit(df[[*cols, "_T", "_E"]], "_T", "_E")
+    return CoxPHFitter(penalizer=penalizer, alpha=alpha).fit(df[[*cols, "_T", "_E"]], "_T", "_E")
 
 
-def cox_table(X: pd.DataFrame, y: np.ndarray, covariates: Sequence[str],
-              multivariable: Sequence[Sequence[str]] | None = None,
-              penalizer: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Univariable and multivariable Cox models (the Diff-X study's Tables 4-5 layout).
+def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
+              models: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | None = None,
+              references: Mapping[str, str] | None = None, penalizer: float = 0.0,
+              alpha: float = 0.05,
+              multivariable: Sequence[Sequence[str]] | None = None) -> CoxTables:
+    """Univariable and multivariable Cox models (the Diff-X study's Tables 4-5).
+
+    Every term gets a univariable model (all its columns together, so a
+    categorical term such as the risk group is one model), and every entry of
+    ``models`` a multivariable one, all fitted by lifelines' ``CoxPHFitter``
+    (Efron ties) on the same rows.
 
     Parameters
     ----------
     X : DataFrame
-        Covariates (numeric or 0/1 indicators).
-    y : structured array
+        Numeric covariates (0/1 indicators for categories).
+    y : structured ndarray
         Survival target.
-    covariates : sequence of str
-        Each gets a univariable model.
-    multivariable : sequence of sequences, optional
-        Nested multivariable models (each a list of covariates), e.g.
-        ``[clinical, clinical + ["risk_LH", "risk_HIGH"]]``. Default: one model
-        with all ``covariates``.
+    terms : sequence of str, or mapping
+        Covariates, or ``{term label: columns}`` where ``columns`` is a list or a
+        ``{column: level label}`` mapping, e.g.
+        ``{"Risk group": {"risk_LH": "LH", "risk_HIGH": "HIGH"}, "Age": ["age"]}``.
+    models : mapping or sequence, optional
+        ``{model name: [term labels]}`` (a plain list of lists is named
+        ``Model 1``, ``Model 2``, ...). Default: one model with all terms.
+    references : mapping, optional
+        ``{term label: reference level}``, shown as an ``HR = 1`` row.
     penalizer : float
         lifelines' ridge penalty (0 = plain partial likelihood).
+    alpha : float
+        1 - confidence level of the HR intervals.
+    multivariable : sequence of sequences, optional
+        Older spelling of ``models`` as a list of lists (kept for callers of the
+        first version); give one of the two.
 
     Returns
     -------
-    hr : DataFrame
-        Rows = covariates; for the univariable column set and each model ``Mk``:
-        ``HR``, ``CI low``, ``CI high``, ``p``.
-    models : DataFrame
-        Per model: C-index, LR chi-square vs the null model, df, p, and the LR test
-        against the previous (nested) model.
+    CoxTables
+        Tidy tables; :func:`format_cox_table` lays them out like the paper.
+        Unpacking gives ``(format_cox_table(tables), tables.models)``.
     """
-    from fracsurv.metrics import likelihood_ratio_test
-
+    if multivariable is not None:
+        if models is not None:
+            raise ValueError("give either models or multivariable, not both")
+        models = [list(m) for m in multivariable]
+    term_map = _normalise_terms(terms)
+    if models is None:
+        models = {"Multivariable": list(term_map)}
+    elif not isinstance(models, Mapping):
+        models = {f"Model {k}": list(m) for k, m in enumerate(models, 1)}
+    for name, m in models.items():
+        unknown = [t for t in m if t not in term_map]
+        if unknown:
+            raise ValueError(f"model {name!r} uses terms {unknown} that are not in terms")
+    references = dict(references or {})
+    columns = [c for cols in term_map.values() for c in cols]
+    missing = [c for c in columns if c not in X.columns]
+    if missing:
+        raise ValueError(f"X has no column(s) {missing}")
+    values = X[columns].apply(pd.to_numeric, errors="coerce").astype(float)
+    bad = np.argwhere(~np.isfinite(values.to_numpy()))
+    if bad.size:
+        r, c = bad[0]
+        raise ValueError(f"Cox covariate {columns[c]!r} is missing or non-numeric in "
+                         f"{row_label(X, int(r))}")
     event, time = survival_arrays(y)
-    df = X[list(dict.fromkeys([*covariates, *(c for m in (multivariable or []) for c in m)]))]
-    df = df.astype(float).assign(_T=time, _E=event.astype(int))
-    blocks = {}
-    uni = {}
-    for c in covariates:
-        s = _cox(df, [c], penalizer).summary.loc[c]
-        uni[c] = {"HR": s["exp(coef)"], "CI low": s["exp(coef) lower 95%"],
-                  "CI high": s["exp(coef) upper 95%"], "p": s["p"]}
-    blocks["univariable"] = pd.DataFrame(uni).T
-    model_rows = {}
-    prev = None
-    for k, cols in enumerate(multivariable or [list(covariates)], 1):
-        fit = _cox(df, list(cols), penalizer)
+    if len(time) != len(X):
+        raise ValueError(f"y has {len(time)} rows but X has {len(X)}")
+    df = values.assign(_T=time, _E=event.astype(int))
+
+    specs = [(f"{t} (univariable)", "univariable", [t]) for t in term_map]
+    specs += [(name, "multivariable", list(m)) for name, m in models.items()]
+    hr_rows, model_rows, fits = [], {}, {}
+    for name, kind, model_terms in specs:
+        cols = [c for t in model_terms for c in term_map[t]]
+        fit = _fit_cox(df, cols, penalizer, alpha)
         s = fit.summary
-        blocks[f"M{k}"] = pd.DataFrame({"HR": s["exp(coef)"], "CI low": s["exp(coef) lower 95%"],
-                                        "CI high": s["exp(coef) upper 95%"], "p": s["p"]})
+        lo, hi = f"exp(coef) lower {100 * (1 - alpha):g}%", f"exp(coef) upper {100 * (1 - alpha):g}%"
+        for t in model_terms:
+            if t in references:
+                hr_rows.append({"model": name, "term": t, "covariate": None,
+                                "level": references[t], "HR": 1.0, "CI low": np.nan,
+                                "CI high": np.nan, "p": np.nan, "reference": True})
+            for c, level in term_map[t].items():
+                hr_rows.append({"model": name, "term": t, "covariate": c, "level": level,
+                                "HR": s.loc[c, "exp(coef)"], "CI low": s.loc[c, lo],
+                                "CI high": s.loc[c, hi], "p": s.loc[c, "p"],
+                                "reference": False})
         lr = fit.log_likelihood_ratio_test()
-        row = {"covariates": ", ".join(cols), "C-index": fit.concordance_index_,
-               "LR chi2": lr.test_statistic, "df": lr.degrees_freedom, "p": lr.p_value,
-               "LR vs previous": np.nan, "p vs previous": np.nan}
-        if prev is not None and set(prev[1]) < set(cols):
-            t = likelihood_ratio_test(fit.log_likelihood_, prev[0].log_likelihood_, len(cols),
-                                      len(prev[1]))
-            row["LR vs previous"], row["p vs previous"] = t.statistic, t.p_value
-        model_rows[f"M{k}"] = row
-        prev = (fit, list(cols))
-    hr = pd.concat(blocks, axis=1)
-    return hr, pd.DataFrame(model_rows).T
+        model_rows[name] = {"kind": kind, "covariates": ", ".join(cols), "n": len(df),
+                            "events": int(event.sum()), "C-index": fit.concordance_index_,
+                            "LR chi2": lr.test_statistic, "df": lr.degrees_freedom,
+                            "p": lr.p_value, "log-likelihood": fit.log_likelihood_}
+        fits[name] = (fit, set(cols))
 
-
-def km_figure(y: np.ndarray, groups: pd.Series | np.ndarray, title: str = "",
-              time_label: str = "years"):
-    """Kaplan-Meier curves (cumulative incidence of fracture) per group, with at-risk counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from lifelines import KaplanMeierFitter
-    from lifelines.plotting import add_at_risk_counts
-
-    event, time = survival_arrays(y)
-    groups = pd.Series(np.asarray(groups))
-    levels = list(groups.cat.categories) if hasattr(groups, "cat") else sorted(groups.unique())
-    fig, ax = plt.subplots(figsize=(7, 5))
-    fitters = []
-    for g in levels:
-        m = (groups == g).to_numpy()
-        if not m.any():
+    comp = []
+    for a, b in combinations(fits, 2):
+        (fa, ca), (fb, cb) = fits[a], fits[b]
+        if ca == cb or not (ca < cb or cb < ca):
             continue
-        kmf = KaplanMeierFitter(label=f"{g} (n={m.sum()})").fit(time[m], event[m])
-        kmf.plot_cumulative_density(ax=ax, ci_show=True)
-        fitters.append(kmf)
-    ax.set_xlabel(time_label)
-    ax.set_ylabel("cumulative incidence of fracture")
-    ax.set_title(title)
-    add_at_risk_counts(*fitters, ax=ax)
-    fig.tight_layout()
-    return fig
+        (red, fred, cred), (full, ffull, cfull) = sorted(
+            [(a, fa, ca), (b, fb, cb)], key=lambda z: len(z[2]))
+        from fracsurv.metrics import likelihood_ratio_test
+
+        t = likelihood_ratio_test(ffull.log_likelihood_, fred.log_likelihood_, len(cfull),
+                                  len(cred))
+        comp.append({"reduced": red, "full": full, "LR chi2": t.statistic, "df": t.df,
+                     "p": t.p_value})
+    return CoxTables(pd.DataFrame(hr_rows), pd.DataFrame.from_dict(model_rows, orient="index"),
+                     pd.DataFrame(comp, columns=["reduced", "full", "LR chi2", "df", "p"]))
+
+
+def _fmt_p(p: float) -> str:
+    return "" if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def format_cox_table(tables: CoxTables, models: Sequence[str] | None = None,
+                     digits: int = 3) -> pd.DataFrame:
+    """Lay :func:`cox_table` out like the Diff-X study's Table 4.
+
+    Parameters
+    ----------
+    tables : CoxTables
+    models : sequence of str, optional
+        Multivariable models to show as columns (default: all).
+    digits : int
+        Decimals of HRs and CIs.
+
+    Returns
+    -------
+    DataFrame
+        Rows ``(term, level)`` then ``C-index`` and ``LR chi-square``; columns
+        ``(model, "HR (95% CI)" | "P value")`` with a ``Univariable`` block first.
+        Reference levels read ``1.000 (Ref)``.
+    """
+    hr = tables.hr.copy()
+    multi = [m for m in tables.models.index if tables.models.loc[m, "kind"] == "multivariable"]
+    shown = list(models) if models is not None else multi
+    uni = hr["model"].str.endswith(" (univariable)")
+    hr.loc[uni, "model"] = "Univariable"
+    f = f"{{:.{digits}f}}"
+    hr["HR (95% CI)"] = [
+        f"{f.format(1.0)} (Ref)" if ref else f"{f.format(h)} ({f.format(lo)}, {f.format(hi)})"
+        for ref, h, lo, hi in zip(hr["reference"], hr["HR"], hr["CI low"], hr["CI high"])]
+    hr["P value"] = [_fmt_p(p) for p in hr["p"]]
+    cols = ["Univariable", *shown]
+    wide = hr[hr["model"].isin(cols)].pivot_table(
+        index=["term", "level"], columns="model", values=["HR (95% CI)", "P value"],
+        aggfunc="first", sort=False)
+    wide = wide.swaplevel(axis=1).reindex(
+        columns=pd.MultiIndex.from_product([cols, ["HR (95% CI)", "P value"]])).fillna("")
+    order = list(dict.fromkeys(zip(hr["term"], hr["level"])))
+    wide = wide.reindex(pd.MultiIndex.from_tuples(order, names=["term", "level"]))
+    footer = pd.DataFrame("", index=pd.MultiIndex.from_tuples(
+        [("C-index", ""), ("LR chi-square", "")], names=["term", "level"]), columns=wide.columns)
+    for m in shown:
+        footer.loc[("C-index", ""), (m, "HR (95% CI)")] = f"{tables.models.loc[m, 'C-index']:.3f}"
+        footer.loc[("LR chi-square", ""), (m, "HR (95% CI)")] = f"{tables.models.loc[m, 'LR chi2']:.1f}"
+        footer.loc[("LR chi-square", ""), (m, "P value")] = _fmt_p(tables.models.loc[m, "p"])
+    return pd.concat([wide.fillna(""), footer])
+
+
+# -- Kaplan-Meier / log-rank ---------------------------------------------------------------
+def group_levels(groups: Any) -> tuple[pd.Series, list]:
+    """``groups`` as a 0-based Series, and its levels (category order if categorical)."""
+    g = groups.reset_index(drop=True) if isinstance(groups, pd.Series) else pd.Series(groups)
+    if isinstance(g.dtype, pd.CategoricalDtype):
+        return g, [c for c in g.cat.categories if (g == c).any()]
+    return g, sorted(g.unique())
 
 
 def logrank_tables(y: np.ndarray, groups: pd.Series | np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pairwise log-rank tests and the multivariate (k-group) log-rank test."""
+    """Pairwise log-rank tests and the k-group log-rank test (lifelines).
+
+    Parameters
+    ----------
+    y : structured ndarray
+    groups : array-like of shape (n,)
+        Group labels (e.g. ``risk_group``); empty categories are ignored.
+
+    Returns
+    -------
+    pairwise : DataFrame
+        ``group A``, ``group B``, ``test statistic``, ``p`` (unadjusted).
+    overall : DataFrame
+        One row: ``test statistic``, ``df``, ``p``.
+    """
     from lifelines.statistics import multivariate_logrank_test, pairwise_logrank_test
 
     event, time = survival_arrays(y)
-    g = np.asarray(groups).astype(str)
-    pw = pairwise_logrank_test(time, g, event).summary[["test_statistic", "p"]]
+    series, levels = group_levels(groups)
+    g = series.astype(str).to_numpy()
+    if len(g) != len(time):
+        raise ValueError(f"groups has {len(g)} values but y has {len(time)} rows")
+    if len(levels) < 2:
+        raise ValueError("log-rank tests need at least two non-empty groups")
+    s = pairwise_logrank_test(time, g, event).summary
+    order = [str(c) for c in levels]
+    pw = pd.DataFrame({"group A": [a for a, _ in s.index], "group B": [b for _, b in s.index],
+                       "test statistic": s["test_statistic"].to_numpy(),
+                       "p": s["p"].to_numpy()})
+    # list pairs in the levels' order (LL vs LH, LL vs HIGH, LH vs HIGH)
+    rank = {c: k for k, c in enumerate(order)}
+    swap = pw["group A"].map(rank) > pw["group B"].map(rank)
+    pw.loc[swap, ["group A", "group B"]] = pw.loc[swap, ["group B", "group A"]].to_numpy()
+    pw = pw.sort_values(["group A", "group B"], key=lambda c: c.map(rank)).reset_index(drop=True)
     mv = multivariate_logrank_test(time, g, event)
-    overall = pd.DataFrame({"test_statistic": [mv.test_statistic], "df": [mv.degrees_of_freedom],
+    overall = pd.DataFrame({"test statistic": [mv.test_statistic], "df": [mv.degrees_of_freedom],
                             "p": [mv.p_value]}, index=["all groups"])
     return pw, overall
 
 
+# -- time-dependent AUC and DeLong ---------------------------------------------------------
 def td_auc_table(y_train: np.ndarray, y_test: np.ndarray, scores: Mapping[str, np.ndarray],
                  times: Sequence[float]) -> pd.DataFrame:
-    """Cumulative/dynamic AUC (IPCW) of several risk scores over ``times``, with the mean."""
+    """Cumulative/dynamic AUC (IPCW, scikit-survival) of several risk scores over ``times``.
+
+    Parameters
+    ----------
+    y_train, y_test : structured ndarray
+        Training target (censoring weights) and evaluation target.
+    scores : mapping
+        ``{name: risk of the y_test rows}``.
+    times : sequence of float
+        Time grid inside the test follow-up.
+
+    Returns
+    -------
+    DataFrame
+        Rows = scores; columns ``t=<time>`` (formatted with 2 decimals) and ``mean``
+        (scikit-survival's survival-weighted mean). ``table.attrs["times"]`` keeps
+        the exact times.
+    """
     from fracsurv.metrics import time_dependent_auc
 
     rows = {}
     for name, s in scores.items():
         auc, mean = time_dependent_auc(y_train, y_test, s, times)
         rows[name] = {**{f"t={t:.2f}": a for t, a in zip(times, auc)}, "mean": mean}
-    return pd.DataFrame(rows).T
+    out = pd.DataFrame(rows).T
+    out.attrs["times"] = [float(t) for t in times]
+    return out
 
 
-def td_auc_figure(table: pd.DataFrame, time_label: str = "years"):
-    """Plot a :func:`td_auc_table`."""
-    import matplotlib
+def delong_table(y: np.ndarray, horizons: float | Sequence[float],
+                 scores: Mapping[str, np.ndarray], reference: str | None = None) -> pd.DataFrame:
+    """DeLong comparison of each score's AUROC with a reference score at each horizon.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The outcome at a horizon is "event at or before it" vs "followed beyond it
+    without an event"; rows censored earlier are excluded (:func:`horizon_labels`).
 
-    cols = [c for c in table.columns if c.startswith("t=")]
-    t = [float(c[2:]) for c in cols]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, row in table.iterrows():
-        ax.plot(t, row[cols].to_numpy(float), marker="o", label=f"{name} (mean {row['mean']:.3f})")
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel(time_label)
-    ax.set_ylabel("time-dependent AUC")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    Parameters
+    ----------
+    y : structured ndarray
+    horizons : float or sequence of float
+    scores : mapping
+        ``{name: risk}``, at least two.
+    reference : str, optional
+        The score the others are compared with (default: the first).
+
+    Returns
+    -------
+    DataFrame
+        ``horizon``, ``score``, ``reference``, ``cases``, ``controls``, ``AUC``,
+        ``AUC reference``, ``difference``, ``SE``, ``z``, ``p``.
+    """
+    names = list(scores)
+    if len(names) < 2:
+        raise ValueError("delong_table needs at least two scores")
+    reference = names[0] if reference is None else reference
+    if reference not in scores:
+        raise ValueError(f"reference {reference!r} is not one of the scores {names}")
+    rows = []
+    for h in np.atleast_1d(np.asarray(horizons, float)):
+        label, usable = horizon_labels(y, float(h))
+        for name in names:
+            if name == reference:
+                continue
+            r = delong_test(label[usable], np.asarray(scores[name], float)[usable],
+                            np.asarray(scores[reference], float)[usable])
+            rows.append({"horizon": float(h), "score": name, "reference": reference,
+                         "cases": int(label[usable].sum()),
+                         "controls": int((~label[usable]).sum()), "AUC": r["auc_a"],
+                         "AUC reference": r["auc_b"], "difference": r["difference"],
+                         "SE": r["se"], "z": r["z"], "p": r["p"]})
+    return pd.DataFrame(rows)
 
 
-def _structural_components(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """DeLong's placement values V10 (per positive) and V01 (per negative), and the AUC."""
-    # psi(x, y) = 1 if x > y, 0.5 if equal, computed with ranks (O(n log n)).
-    allv = np.concatenate([pos, neg])
-    r_all = stats.rankdata(allv)
-    r_pos = stats.rankdata(pos)
-    r_neg = stats.rankdata(neg)
-    m, n = len(pos), len(neg)
-    v10 = (r_all[:m] - r_pos) / n
-    v01 = 1.0 - (r_all[m:] - r_neg) / m
-    return v10, v01, float(v10.mean())
+# -- agreement -----------------------------------------------------------------------------
+def agreement(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """Pearson r with its Fisher-z CI, and Bland-Altman statistics of ``a - b``.
 
-
-def delong_test(label: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
-    """DeLong's test for two correlated AUCs on the same cases (DeLong et al., 1988).
-
-    Uses the fast rank-based computation of the placement values (Sun & Xu, 2014).
-    Hand-written: no maintained Python library provides it.
+    Parameters
+    ----------
+    a, b : array-like of shape (n,)
+        Paired scores, e.g. generated vs real follow-up pVF (n >= 3, no NaN).
+    confidence : float
+        Level of the correlation interval (scipy's Fisher-z interval).
 
     Returns
     -------
     dict
-        ``auc_a``, ``auc_b``, ``difference``, ``se``, ``z``, ``p``.
+        ``n``, ``r``, ``r_low``, ``r_high``, ``p``, ``mean_difference``,
+        ``sd_difference`` (ddof=1), ``loa_low`` / ``loa_high`` (mean ± 1.96 SD).
     """
-    label = np.asarray(label).astype(bool)
-    if label.all() or not label.any():
-        raise ValueError("DeLong's test needs both positive and negative cases")
-    comps = [_structural_components(np.asarray(s, float)[label], np.asarray(s, float)[~label])
-             for s in (score_a, score_b)]
-    v10 = np.vstack([c[0] for c in comps])
-    v01 = np.vstack([c[1] for c in comps])
-    aucs = np.array([c[2] for c in comps])
-    m, n = v10.shape[1], v01.shape[1]
-    cov = np.cov(v10) / m + np.cov(v01) / n
-    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    diff = aucs[0] - aucs[1]
-    se = float(np.sqrt(max(var, 0.0)))
-    z = diff / se if se > 0 else 0.0
-    return {"auc_a": aucs[0], "auc_b": aucs[1], "difference": diff, "se": se, "z": z,
-            "p": float(2 * stats.norm.sf(abs(z)))}
-
-
-def horizon_labels(y: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
-    """Binary outcome at ``horizon``: (label, usable mask).
-
-    Cases: event at or before the horizon; controls: followed beyond it without an
-    event; patients censored before the horizon are not usable.
-    """
-    event, time = survival_arrays(y)
-    case = event & (time <= horizon)
-    control = time > horizon
-    return case, case | control
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Pearson r with its 95 % CI, and Bland-Altman mean difference ± SD with limits."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"the two scores have different lengths ({len(a)} and {len(b)})")
+    bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
+    if bad.size:
+        raise ValueError(f"agreement: row {bad[0]} has a missing score")
+    if len(a) < 3:
+        raise ValueError("agreement needs at least 3 pairs")
     res = stats.pearsonr(a, b)
-    ci = res.confidence_interval(0.95)
+    ci = res.confidence_interval(confidence)
     d = a - b
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    return {"r": float(res.statistic), "r_low": float(ci.low), "r_high": float(ci.high),
-            "p": float(res.pvalue), "mean_difference": mean, "sd_difference": sd,
-            "loa_low": mean - 1.96 * sd, "loa_high": mean + 1.96 * sd, "n": len(a)}
+    return {"n": len(a), "r": float(res.statistic), "r_low": float(ci.low),
+            "r_high": float(ci.high), "p": float(res.pvalue), "mean_difference": mean,
+            "sd_difference": sd, "loa_low": mean - 1.96 * sd, "loa_high": mean + 1.96 * sd}
 
 
-def bland_altman_figure(a: np.ndarray, b: np.ndarray, labels: tuple[str, str] = ("a", "b")):
-    """Scatter and Bland-Altman plot of two scores."""
-    import matplotlib
+def agreement_table(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """:func:`agreement` for several named pairs, one row each."""
+    return pd.DataFrame.from_dict({name: agreement(a, b) for name, (a, b) in pairs.items()},
+                                  orient="index")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    st = agreement(a, b)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    ax1.scatter(b, a, s=10, alpha=0.6)
-    lim = [min(a.min(), b.min()), max(a.max(), b.max())]
-    ax1.plot(lim, lim, "k--", lw=0.8)
-    ax1.set_xlabel(labels[1])
-    ax1.set_ylabel(labels[0])
-    ax1.set_title(f"r = {st['r']:.3f} ({st['r_low']:.3f}-{st['r_high']:.3f})")
-    m = (a + b) / 2
-    ax2.scatter(m, a - b, s=10, alpha=0.6)
-    for v, ls in ((st["mean_difference"], "-"), (st["loa_low"], "--"), (st["loa_high"], "--")):
-        ax2.axhline(v, color="k", ls=ls, lw=0.8)
-    ax2.set_xlabel("mean of the two")
-    ax2.set_ylabel(f"{labels[0]} - {labels[1]}")
-    ax2.set_title(f"difference {st['mean_difference']:.3f} ± {st['sd_difference']:.3f}")
-    fig.tight_layout()
-    return fig
+# -- clinical decision table ---------------------------------------------------------------
+def _high_risk_mask(high_risk: Any, n: int) -> np.ndarray:
+    arr = high_risk.to_numpy() if isinstance(high_risk, pd.Series) else np.asarray(high_risk)
+    if arr.shape[0] != n:
+        raise ValueError(f"high_risk has {arr.shape[0]} values but y has {n} rows")
+    if arr.dtype.kind in "biuf":
+        return arr.astype(bool)
+    return pd.Series(arr).astype(str).isin(["LH", "HIGH"]).to_numpy()
 
 
 def decision_table(y: np.ndarray, horizon: float, clinical_score: np.ndarray, threshold: float,
-                   high_risk: np.ndarray) -> pd.DataFrame:
+                   high_risk: Any) -> pd.DataFrame:
     """The Diff-X study's clinical decision table at ``horizon``.
 
-    Compares "clinical score >= threshold" with "clinical score >= threshold OR a
-    high-risk group" for the outcome "fracture by the horizon" (patients censored
-    earlier excluded): sensitivity, specificity, precision, F1, and the number of
-    extra patients with a later fracture that the risk groups identify.
+    Compares "clinical score >= threshold" (the study: FRAX >= 20 %) with
+    "clinical score >= threshold OR a high-risk group" for the outcome
+    "fracture by the horizon"; rows censored before the horizon are excluded from
+    the confusion matrix.
+
+    Parameters
+    ----------
+    y : structured ndarray
+    horizon : float
+    clinical_score : array-like of shape (n,)
+        E.g. the cohort's ``clinical_risk_score``.
+    threshold : float
+    high_risk : array-like of shape (n,)
+        Booleans, or risk-group labels (``LH`` and ``HIGH`` count as high risk).
+
+    Returns
+    -------
+    DataFrame
+        One row per rule: ``n``, ``flagged``, ``TP``, ``FP``, ``FN``, ``TN``,
+        ``sensitivity``, ``specificity``, ``precision``, ``F1``, ``accuracy``;
+        ``extra flagged`` and ``extra fractures identified`` (TP gained over the
+        first rule); ``extra patients with a later fracture`` counts, over all
+        rows, the patients flagged only by the second rule who fracture at any
+        time during follow-up (the study's "another 635 ... of these, 105").
     """
+    event, _ = survival_arrays(y)
     label, usable = horizon_labels(y, horizon)
-    clin = np.asarray(clinical_score, float) >= threshold
+    clin = np.asarray(clinical_score, float)
+    if clin.shape[0] != len(event):
+        raise ValueError(f"clinical_score has {clin.shape[0]} values but y has {len(event)} rows")
+    if not np.isfinite(clin).all():
+        raise ValueError(f"clinical_score is missing in row {np.flatnonzero(~np.isfinite(clin))[0]}")
+    clin = clin >= threshold
+    combined = clin | _high_risk_mask(high_risk, len(event))
     rules = {f"clinical score >= {threshold:g}": clin,
-             f"clinical score >= {threshold:g} or high-risk group": clin | np.asarray(high_risk, bool)}
+             f"clinical score >= {threshold:g} or high-risk group": combined}
     rows = {}
     for name, pred in rules.items():
         p, t = pred[usable], label[usable]
@@ -287,10 +471,12 @@ def decision_table(y: np.ndarray, horizon: float, clinical_score: np.ndarray, th
         sens = tp / (tp + fn) if tp + fn else np.nan
         spec = tn / (tn + fp) if tn + fp else np.nan
         prec = tp / (tp + fp) if tp + fp else np.nan
-        f1 = 2 * prec * sens / (prec + sens) if prec and sens else np.nan
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan
         rows[name] = {"n": int(usable.sum()), "flagged": int(p.sum()), "TP": tp, "FP": fp,
                       "FN": fn, "TN": tn, "sensitivity": sens, "specificity": spec,
-                      "precision": prec, "F1": f1}
-    out = pd.DataFrame(rows).T
+                      "precision": prec, "F1": f1, "accuracy": (tp + tn) / max(len(p), 1)}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out["extra flagged"] = out["flagged"] - out["flagged"].iloc[0]
     out["extra fractures identified"] = out["TP"] - out["TP"].iloc[0]
+    out["extra patients with a later fracture"] = [0, int((combined & ~clin & event).sum())]
     return out

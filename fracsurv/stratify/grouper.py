@@ -6,118 +6,110 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
 from fracsurv._base import check_survival_y, row_label, survival_arrays
+from fracsurv.stratify.cutpoint import maxstat_cutpoint
 
-__all__ = ["GROUPS", "RiskGrouper", "maxstat_cutpoint"]
+__all__ = ["ADDED_COLUMNS", "GROUPS", "RiskGrouper"]
 
 GROUPS = ("LL", "LH", "HIGH")
-
-
-def _logrank_chi2(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> float:
-    from lifelines.statistics import logrank_test
-
-    a, b = group, ~group
-    return float(logrank_test(time[a], time[b], event[a], event[b]).test_statistic)
-
-
-def _miller_siegmund_p(stat: float, eps_low: float, eps_high: float) -> float:
-    """P-value of a maximally selected (standardised) log-rank statistic.
-
-    Lausen & Schumacher's (1992) approximation after Miller & Siegmund (1982) for
-    cut-points restricted to quantiles [eps_low, eps_high]. Written by hand: no
-    Python library implements it (R's maxstat does).
-    """
-    b = np.sqrt(max(stat, 1e-12))
-    phi = stats.norm.pdf(b)
-    ratio = (eps_high * (1 - eps_low)) / (eps_low * (1 - eps_high))
-    p = phi * (b - 1 / b) * np.log(ratio) + 4 * phi / b
-    return float(np.clip(p, 0.0, 1.0))
-
-
-def maxstat_cutpoint(score: np.ndarray, time: np.ndarray, event: np.ndarray,
-                     min_group_fraction: float = 0.1) -> dict[str, float]:
-    """Cut-point maximising the two-group log-rank chi-square.
-
-    Candidates are the distinct score values that leave at least
-    ``min_group_fraction`` of the rows on each side; a row is "high" when
-    ``score >= cut``.
-
-    Returns
-    -------
-    dict
-        ``cutpoint``, ``statistic`` (chi-square), ``p_unadjusted`` and
-        ``p_adjusted`` (Miller-Siegmund / Lausen-Schumacher).
-    """
-    score = np.asarray(score, float)
-    n = len(score)
-    k = max(1, int(np.ceil(min_group_fraction * n)))
-    values = np.unique(score)
-    best = {"cutpoint": np.nan, "statistic": -np.inf}
-    for cut in values:
-        high = score >= cut
-        if k <= high.sum() <= n - k:
-            chi2 = _logrank_chi2(time, event, high)
-            if chi2 > best["statistic"]:
-                best = {"cutpoint": float(cut), "statistic": chi2}
-    if not np.isfinite(best["statistic"]):
-        raise ValueError("no cut-point leaves min_group_fraction of the rows in both groups")
-    eps = max(min_group_fraction, 1.0 / n)
-    best["p_unadjusted"] = float(stats.chi2.sf(best["statistic"], 1))
-    best["p_adjusted"] = max(best["p_unadjusted"],
-                             _miller_siegmund_p(best["statistic"], eps, 1 - eps))
-    return best
+ADDED_COLUMNS = ("risk_group", "risk_LH", "risk_HIGH")
 
 
 class RiskGrouper(TransformerMixin, BaseEstimator):
     """Risk groups from a baseline score and a future (generated) score.
 
-    * **LL**: baseline < t_b and future < t_f;
-    * **LH**: baseline < t_b and future >= t_f;
-    * **HIGH**: baseline >= t_b, whatever the future score.
+    * **LL**: ``baseline < t_b`` and ``future < t_f``;
+    * **LH**: ``baseline < t_b`` and ``future >= t_f``;
+    * **HIGH**: ``baseline >= t_b``, whatever the future score.
 
     Parameters
     ----------
-    baseline_column, future_column : str
-        Score columns (e.g. ``pvf`` and ``gpvf``).
-    thresholds : (float, float) or "optimal"
-        Cut-points ``(t_b, t_f)``. ``"optimal"`` chooses them on the training data
-        with the maximally selected log-rank statistic: first ``t_b`` on all rows,
-        then ``t_f`` among the rows below ``t_b`` (the only ones it affects).
+    baseline_column, future_column : str or int
+        Score columns of a DataFrame (e.g. ``"pvf"`` and ``"gpvf"``); integers are
+        column positions and also accept a 2-D numeric array.
+    thresholds : (float, float) or "optimal", default=(0.5, 0.6)
+        Cut-points ``(t_b, t_f)`` (the Diff-X study's values). ``"optimal"`` chooses
+        them on the training data (``fit(X, y)`` with a scikit-survival ``y``) by the
+        maximally selected log-rank statistic: first ``t_b`` on all rows, then
+        ``t_f`` among the rows below ``t_b`` -- the only rows ``t_f`` affects, so it
+        separates LL from LH rather than being dominated by the HIGH group.
     min_group_fraction : float, default=0.1
-        Smallest group (fraction of the rows searched) a cut-point may create.
+        Smallest group a cut-point may create, as a fraction of the rows searched
+        (all rows for ``t_b``, the low-baseline rows for ``t_f``).
+    p_value : {"lausen-schumacher", "permutation"}, default="lausen-schumacher"
+        Multiple-testing adjustment of each maximal statistic
+        (:func:`fracsurv.stratify.maxstat_cutpoint`).
+    n_permutations : int, default=1000
+        Permutations for ``p_value="permutation"``.
+    random_state : int or None
+        Seed of the permutations.
 
     Attributes
     ----------
     thresholds_ : tuple of float
+        The cut-points used, ``(t_b, t_f)``.
     cutpoint_stats_ : dict
-        For ``"optimal"``: chi-square and unadjusted / adjusted p-values per cut.
+        For ``"optimal"``: ``{"baseline": {...}, "future": {...}}`` with the
+        chi-square, group sizes and unadjusted / adjusted p-values of each cut;
+        empty for fixed thresholds.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Defined when ``X`` has string column names.
+
+    Notes
+    -----
+    ``transform`` keeps every input column and appends ``risk_group`` (ordered
+    categorical ``LL < LH < HIGH``) and the 0/1 indicators ``risk_LH`` and
+    ``risk_HIGH`` (LL is the reference level of a Cox model). Existing columns of
+    these names are replaced. For a NumPy array the result is a float array whose
+    ``risk_group`` column holds the codes 0 (LL), 1 (LH), 2 (HIGH).
     """
 
-    def __init__(self, baseline_column: str = "pvf", future_column: str = "gpvf",
-                 thresholds: Any = (0.5, 0.6), min_group_fraction: float = 0.1) -> None:
+    def __init__(self, baseline_column: str | int = "pvf", future_column: str | int = "gpvf",
+                 thresholds: Any = (0.5, 0.6), min_group_fraction: float = 0.1,
+                 p_value: str = "lausen-schumacher", n_permutations: int = 1000,
+                 random_state: int | None = None) -> None:
         self.baseline_column = baseline_column
         self.future_column = future_column
         self.thresholds = thresholds
         self.min_group_fraction = min_group_fraction
+        self.p_value = p_value
+        self.n_permutations = n_permutations
+        self.random_state = random_state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.target_tags.required = False
+        tags.target_tags.required = False  # only thresholds="optimal" needs y
         return tags
 
-    def _scores(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(f"RiskGrouper expects a pandas DataFrame, got {type(X).__name__}")
+    # -- validation ------------------------------------------------------------------
+    def _validate(self, X: Any, reset: bool) -> Any:
+        if isinstance(X, pd.DataFrame):
+            validate_data(self, X, reset=reset, skip_check_array=True)
+            return X
+        for name in ("baseline_column", "future_column"):
+            if not isinstance(getattr(self, name), int | np.integer):
+                raise TypeError(
+                    f"RiskGrouper got a {type(X).__name__} without column names; pass a "
+                    f"DataFrame with columns {self.baseline_column!r} and "
+                    f"{self.future_column!r}, or give integer column positions")
+        return validate_data(self, X, reset=reset, dtype="numeric")
+
+    def _scores(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         out = []
         for col in (self.baseline_column, self.future_column):
-            if col not in X.columns:
-                raise ValueError(f"X has no column {col!r}")
-            v = pd.to_numeric(X[col], errors="coerce").to_numpy(float)
+            if isinstance(X, pd.DataFrame):
+                if col not in X.columns:
+                    raise ValueError(f"X has no column {col!r} (columns: {list(X.columns)[:20]})")
+                v = pd.to_numeric(X[col], errors="coerce").to_numpy(float)
+            else:
+                if not 0 <= int(col) < X.shape[1]:
+                    raise ValueError(f"X has {X.shape[1]} feature(s); column position {col} "
+                                     "does not exist")
+                v = np.asarray(X[:, int(col)], float)
             bad = np.flatnonzero(~np.isfinite(v))
             if bad.size:
                 raise ValueError(f"column {col!r} has a missing or non-numeric score in "
@@ -125,49 +117,93 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
             out.append(v)
         return out[0], out[1]
 
-    def fit(self, X: pd.DataFrame, y: Any = None) -> RiskGrouper:
-        """Store (or, for ``"optimal"``, choose) the thresholds."""
+    # -- fitting ---------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> RiskGrouper:
+        """Store the thresholds, or choose them on ``(X, y)`` for ``"optimal"``.
+
+        Parameters
+        ----------
+        X : DataFrame (or 2-D array with integer column positions)
+        y : structured ndarray, optional
+            Survival target; required for ``thresholds="optimal"``.
+
+        Returns
+        -------
+        self
+        """
+        X = self._validate(X, reset=True)
         base, fut = self._scores(X)
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
         if isinstance(self.thresholds, str):
             if self.thresholds != "optimal":
                 raise ValueError(f"thresholds must be a pair or 'optimal', got {self.thresholds!r}")
-            y = check_survival_y(y, len(X))
+            y = check_survival_y(y, len(base))
             event, time = survival_arrays(y)
-            b = maxstat_cutpoint(base, time, event, self.min_group_fraction)
+            opts = {"min_group_fraction": self.min_group_fraction, "p_value": self.p_value,
+                    "n_permutations": self.n_permutations}
+            rng = np.random.default_rng(self.random_state)
+            b = maxstat_cutpoint(base, time, event, random_state=rng, **opts)
             low = base < b["cutpoint"]
-            f = maxstat_cutpoint(fut[low], time[low], event[low], self.min_group_fraction)
+            try:
+                f = maxstat_cutpoint(fut[low], time[low], event[low], random_state=rng, **opts)
+            except ValueError as exc:
+                raise ValueError(f"cannot choose the future-score cut among the {low.sum()} "
+                                 f"rows below the baseline cut {b['cutpoint']:.4g}: {exc}") from exc
             self.thresholds_ = (b["cutpoint"], f["cutpoint"])
             self.cutpoint_stats_ = {"baseline": b, "future": f}
         else:
-            t = tuple(float(v) for v in self.thresholds)
-            if len(t) != 2:
-                raise ValueError(f"thresholds must be (baseline, future), got {self.thresholds!r}")
+            try:
+                t = tuple(float(v) for v in self.thresholds)
+            except (TypeError, ValueError):
+                t = ()
+            if len(t) != 2 or not np.all(np.isfinite(t)):
+                raise ValueError("thresholds must be two finite numbers (baseline, future) or "
+                                 f"'optimal', got {self.thresholds!r}")
             self.thresholds_ = t
             self.cutpoint_stats_ = {}
         return self
 
-    def assign(self, X: pd.DataFrame) -> pd.Series:
-        """The ordered categorical group of every row."""
+    # -- transforming ----------------------------------------------------------------
+    def assign(self, X: Any) -> pd.Series:
+        """The ordered categorical group (``LL < LH < HIGH``) of every row."""
         check_is_fitted(self, "thresholds_")
+        X = self._validate(X, reset=False)
+        return self._assign(X)
+
+    def _assign(self, X: Any) -> pd.Series:
         base, fut = self._scores(X)
         tb, tf = self.thresholds_
         codes = np.where(base >= tb, 2, np.where(fut >= tf, 1, 0))
         cat = pd.Categorical.from_codes(codes, categories=list(GROUPS), ordered=True)
-        return pd.Series(cat, index=X.index, name="risk_group")
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.Series(cat, index=index, name="risk_group")
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Add ``risk_group`` and the indicators ``risk_LH``, ``risk_HIGH`` (LL = reference)."""
-        groups = self.assign(X)
-        out = X.copy()
+    def transform(self, X: Any) -> Any:
+        """Append ``risk_group``, ``risk_LH``, ``risk_HIGH`` (LL = reference) to ``X``.
+
+        Parameters
+        ----------
+        X : DataFrame (or 2-D array with integer column positions)
+
+        Returns
+        -------
+        DataFrame (or ndarray)
+            All input columns, then the three new ones.
+        """
+        check_is_fitted(self, "thresholds_")
+        X = self._validate(X, reset=False)
+        groups = self._assign(X)
+        codes = groups.cat.codes.to_numpy()
+        if not isinstance(X, pd.DataFrame):
+            return np.column_stack([X, codes, codes == 1, codes == 2]).astype(float)
+        out = X.drop(columns=[c for c in ADDED_COLUMNS if c in X.columns])
         out["risk_group"] = groups
-        out["risk_LH"] = (groups == "LH").astype(int)
-        out["risk_HIGH"] = (groups == "HIGH").astype(int)
+        out["risk_LH"] = (codes == 1).astype(int)
+        out["risk_HIGH"] = (codes == 2).astype(int)
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Input columns plus ``risk_group``, ``risk_LH``, ``risk_HIGH``."""
+        """Input columns (less any old risk columns) plus ``risk_group``, ``risk_LH``, ``risk_HIGH``."""
         check_is_fitted(self, "thresholds_")
-        names = [c for c in self.feature_names_in_ if c not in ("risk_group", "risk_LH", "risk_HIGH")]
-        return np.asarray([*names, "risk_group", "risk_LH", "risk_HIGH"], dtype=object)
+        names = _check_feature_names_in(self, input_features)
+        kept = [c for c in names if c not in ADDED_COLUMNS]
+        return np.asarray([*kept, *ADDED_COLUMNS], dtype=object)
