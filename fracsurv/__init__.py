@@ -12,8 +12,16 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "CropStacker": "fracsurv.vertebrae.crops",
     "DeepSurvRegressor": "fracsurv.survival.deepsurv",
+    "DicomLoader": "fracsurv.io.loader",
+    "PVFScorer": "fracsurv.scoring.pvf",
+    "RiskGrouper": "fracsurv.stratify.grouper",
     "cox_nll": "fracsurv.survival.loss",
+    "load_demo_cohort": "fracsurv.datasets.spine",
+    "load_pipeline": "fracsurv.persist",
+    "make_spine_cohort": "fracsurv.datasets.spine",
+    "save_pipeline": "fracsurv.persist",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
