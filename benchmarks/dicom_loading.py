@@ -5,7 +5,7 @@
   LUT + resize + CLAHE + cache write) vs ``pydicom.dcmread(f).pixel_array`` + the same
   resize, both single-process;
 * memory: peak RSS of a child process loading N = 100 and N = 400 distinct 1024 x 512
-  DICOMs into a cache (must not grow with N).
+  DICOMs (written beforehand by another process) into a cache (must not grow with N).
 
 Targets (issue): loader <= 1.3 x bare; peak RSS independent of N.
 
@@ -76,7 +76,19 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from fracsurv.io import DicomLoader
-n = int(sys.argv[1]); tmp = Path(tempfile.mkdtemp())
+n = int(sys.argv[1]); tmp = Path(sys.argv[2])
+frame = pd.DataFrame({'image': sorted(str(p) for p in tmp.glob('*.dcm'))[:n]})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+DicomLoader(output_shape=(1024, 512), cache_dir=str(tmp / f'cache{n}')).fit_transform(frame)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+_MAKE = """
+import sys, numpy as np
+from pathlib import Path
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+n = int(sys.argv[1]); tmp = Path(sys.argv[2])
 rng = np.random.default_rng(0)
 for i in range(n):
     ds = Dataset(); ds.file_meta = FileMetaDataset()
@@ -88,16 +100,12 @@ for i in range(n):
     ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = 'MONOCHROME2'; ds.PixelRepresentation = 0
     ds.PixelData = rng.integers(0, 4096, (1024, 512), dtype=np.uint16).tobytes()
     ds.save_as(tmp / f'{i:05d}.dcm', enforce_file_format=True)
-frame = pd.DataFrame({'image': sorted(str(p) for p in tmp.glob('*.dcm'))})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-DicomLoader(output_shape=(1024, 512), cache_dir=str(tmp / 'cache')).fit_transform(frame)
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def rss(n: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(n)], capture_output=True, text=True,
-                         check=True).stdout.split()
+def rss(n: int, folder: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(n), folder], capture_output=True,
+                         text=True, check=True).stdout.split()
     before, peak = (int(v) / 1024 for v in out[-2:])
     return {"n_files": n, "peak_rss_mb": peak, "rss_before_loading_mb": before}
 
@@ -110,7 +118,9 @@ def main() -> None:
     args = p.parse_args()
     s = speed(args.n_speed, (1024, 512))
     print(s, flush=True)
-    r = [rss(n) for n in args.n_rss]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-c", _MAKE, str(max(args.n_rss)), tmp], check=True)
+        r = [rss(n, tmp) for n in args.n_rss]
     print(r, flush=True)
     summary = {"speed_target_met": s["loader_over_bare"] <= 1.3,
                "rss_growth_mb": r[-1]["peak_rss_mb"] - r[0]["peak_rss_mb"]}

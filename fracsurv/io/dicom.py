@@ -137,18 +137,19 @@ def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto"
         if frames > 1:
             arr = arr[0]  # documented choice: first frame
         if samples == 3 or arr.ndim == 3:
-            img = _luminance(arr.astype(np.float64))
+            img = _luminance(arr.astype(np.float32))
         else:
             img = apply_modality_lut(arr, ds)
-            if np.issubdtype(img.dtype, np.floating) and np.all(np.mod(img, 1) == 0):
-                img = img.astype(np.int64)  # VOI LUT lookup needs integer input
+            if voi == "auto" and "VOILUTSequence" in ds and np.issubdtype(img.dtype, np.floating) \
+                    and np.all(np.mod(img, 1) == 0):
+                img = img.astype(np.int64)  # a VOI LUT lookup needs integer input
             if voi == "auto":
                 if "VOILUTSequence" in ds or "WindowCenter" in ds:
-                    img = apply_voi_lut(img, ds, index=0).astype(np.float64)
+                    img = apply_voi_lut(img, ds, index=0)
             elif voi != "none":
                 center, width = voi
                 img = _window(img, float(center), float(width))
-            img = np.asarray(img, dtype=np.float64)
+            img = np.asarray(img, dtype=np.float32)
             if photometric == "MONOCHROME1":
                 img = img.max() + img.min() - img
         spacing = np.nan
