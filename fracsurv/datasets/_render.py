@@ -223,7 +223,7 @@ def render(
     img = 1.0 - np.exp(-1.6 * np.clip(att, 0, None))
     img = np.clip((img - img.min()) / (np.ptp(img) + 1e-6), 0, 1) ** profile.gamma
     img = np.clip(0.5 + profile.contrast * (img - 0.5), 0, 1)
-    img = img + rng.normal(0, profile.noise, shape).astype(np.float32) * np.sqrt(img + 0.05)
+    img = img + profile.noise * rng.standard_normal(shape, dtype=np.float32) * np.sqrt(img + 0.05)
     # collimation: unexposed borders are bright
     for edge in range(4):
         frac = rng.uniform(0, profile.collimation)
