@@ -11,7 +11,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["check_features", "check_survival_y", "row_label", "survival_arrays"]
+__all__ = ["FrameTransformerMixin", "check_features", "check_survival_y", "row_label",
+           "survival_arrays"]
+
+
+class FrameTransformerMixin:
+    """Tags and column checks shared by the transformers that take a pandas frame.
+
+    They add columns to the frame they are given (DESIGN.md section 3), so their
+    input is a DataFrame, not a 2-D numeric array, and they need no target.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.input_tags.two_d_array = False
+        tags.target_tags.required = False
+        return tags
+
+    @staticmethod
+    def _require_columns(X: Any, columns: list[str], owner: str) -> None:
+        """Raise a clear error unless ``X`` is a DataFrame holding ``columns``."""
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"{owner} expects a pandas DataFrame, got {type(X).__name__}")
+        missing = [c for c in columns if c not in X.columns]
+        if missing:
+            raise ValueError(f"X has no column {missing[0]!r} (columns: {list(X.columns)[:10]})")
 
 
 def row_label(X: Any, pos: int) -> str:

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from fracsurv._base import FrameTransformerMixin
+
 __all__ = ["SelectColumns"]
 
 
-class SelectColumns(TransformerMixin, BaseEstimator):
+class SelectColumns(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     """Keep ``columns`` of a frame, as floats (the hand-over from image steps to a survival model).
 
     Parameters

@@ -13,7 +13,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import row_label
+from fracsurv._base import FrameTransformerMixin, row_label
 from fracsurv.io.dicom import DicomLoadError, decode_dicom
 from fracsurv.io.preprocess import preprocess
 from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
@@ -55,7 +55,7 @@ def _decode(item: Any, voi: Any) -> tuple[np.ndarray, dict[str, Any]]:
     return decode_dicom(path, voi)
 
 
-class DicomLoader(TransformerMixin, BaseEstimator):
+class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     """Decode and preprocess the radiographs of a frame; hand them on by reference.
 
     Parameters
@@ -138,11 +138,7 @@ class DicomLoader(TransformerMixin, BaseEstimator):
         return self
 
     def _check_frame(self, X: Any) -> None:
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(f"DicomLoader expects a pandas DataFrame, got {type(X).__name__}")
-        if self.image_column not in X.columns:
-            raise ValueError(f"X has no column {self.image_column!r} "
-                             f"(columns: {list(X.columns)[:10]})")
+        self._require_columns(X, [self.image_column], "DicomLoader")
 
     def _params_key(self) -> tuple[Any, ...]:
         return ("fracsurv.DicomLoader.v1", self.output_shape and tuple(self.output_shape),

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import row_label
+from fracsurv._base import FrameTransformerMixin, row_label
 from fracsurv.io.refs import ImageCache, hash_parts, load_image
 
 __all__ = ["CropStacker", "box_from_points", "crop_stack", "select_boxes"]
@@ -94,7 +94,7 @@ def crop_stack(image: np.ndarray, slots: list[np.ndarray | None],
     return out
 
 
-class CropStacker(TransformerMixin, BaseEstimator):
+class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     """Cut each row's fixed crop stack from vertebra keypoints held in X.
 
     The keypoints may be annotations or a detector's output (``VertebraCropper``
