@@ -248,9 +248,11 @@ def stage_analysis(ctx: DemoContext) -> None:
 
     if "pvf" in ctx.test.columns:
         rep.section("Kaplan-Meier by baseline pVF", "km")
+        cut = float(np.median(ctx.train["pvf"]))
         rep.add_notice("LL/LH/HIGH risk groups need the generated (future) pVF score; until the "
-                       "generator exists, groups are baseline pVF below / at or above 0.5.")
-        groups = pd.Series(pd.Categorical(np.where(ctx.test["pvf"] >= 0.5, "high pVF", "low pVF"),
+                       f"generator exists, groups are baseline pVF below / at or above the "
+                       f"training median ({cut:.3f}).")
+        groups = pd.Series(pd.Categorical(np.where(ctx.test["pvf"] >= cut, "high pVF", "low pVF"),
                                           categories=["low pVF", "high pVF"], ordered=True))
         if groups.nunique() > 1:
             rep.add_figure(km_figure(ctx.y_test, groups, "test split"), "Kaplan-Meier curves")
