@@ -330,7 +330,7 @@ def demo_data_home() -> Path:
     return Path(os.environ.get("FRACSURV_DATA", Path.home() / ".cache" / "fracsurv"))
 
 
-def load_demo_cohort(n_patients: int = 300, image_shape: tuple[int, int] = (256, 128),
+def load_demo_cohort(n_patients: int = 800, image_shape: tuple[int, int] = (256, 128),
                      random_state: int = 2024, data_home: str | os.PathLike[str] | None = None,
                      dicom: bool = True) -> Bunch:
     """The demo cohort: generated once (deterministically) and cached on disk.
