@@ -215,3 +215,14 @@ def test_pipeline_clone_and_bad_params():
         DicomLoader(on_error="ignore").fit(pd.DataFrame({"image": []}))
     with pytest.raises(ValueError, match="no column"):
         DicomLoader().fit(pd.DataFrame({"img": []}))
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG3_UNCR.dcm", "MR_small.dcm"])
+def test_fast_window_equals_pydicom_after_normalisation(name):
+    from fracsurv.io.preprocess import minmax
+
+    path = real(name)
+    assert "WindowCenter" in pydicom.dcmread(path)
+    exact, _ = decode_dicom(path)
+    fast, _ = decode_dicom(path, exact_range=False)
+    np.testing.assert_allclose(minmax(fast), minmax(exact), atol=1e-6)

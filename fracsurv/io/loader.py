@@ -52,7 +52,7 @@ def _decode(item: Any, voi: Any) -> tuple[np.ndarray, dict[str, Any]]:
         return img, {"modality": "", "photometric": path.suffix.lower().lstrip("."),
                      "spacing_mm": np.nan, "rows": img.shape[0], "cols": img.shape[1],
                      "manufacturer": ""}
-    return decode_dicom(path, voi)
+    return decode_dicom(path, voi, exact_range=False)  # the range is min-max normalised later
 
 
 class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
