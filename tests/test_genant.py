@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fracsurv.vertebrae.genant import (
+    GRADE_BOUNDS,
     grade_from_reduction,
     grade_vertebrae,
     heights,
@@ -80,8 +81,10 @@ def test_similarity_invariance(ha, hm, hp, scale, dx, dy, angle):
     moved = scale * pts @ rot.T + [dx, dy]
     a = grade_vertebrae(pts[None], use_neighbours=False)
     b = grade_vertebrae(moved[None], use_neighbours=False)
-    assert a[0][0] == b[0][0]
     assert a[2][0] == pytest.approx(b[2][0], abs=1e-9)
+    # the grade is equal unless floating-point rounding lands exactly on a band edge
+    if min(abs(a[2][0] - t) for t in GRADE_BOUNDS) > 1e-9:
+        assert a[0][0] == b[0][0]
 
 
 def test_soft_grade_probabilities_and_limit():
