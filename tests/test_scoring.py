@@ -75,7 +75,7 @@ def test_cells_with_several_images_use_the_rule(fitted, data):
     pos = test.index[test["prevalent_vf"] == 1][0]
     neg = test.index[test["prevalent_vf"] == 0][:3]
     imgs = [test.loc[pos, "image"], *test.loc[neg, "image"]]
-    single = fitted.decision_function(pd.DataFrame({"image": imgs}))
+    single = fitted.image_scores(imgs)
     cell = PVFScorer(**{**FAST, "n_seeds": 2})
     cell.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
     out = cell.transform(pd.DataFrame({"image": [imgs]}))

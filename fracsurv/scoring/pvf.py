@@ -1,4 +1,12 @@
-"""``PVFScorer``: a CNN probability that a radiograph shows a prevalent vertebral fracture."""
+"""``PVFScorer``: a CNN probability that a radiograph shows a prevalent vertebral fracture.
+
+The Diff-X study scores every baseline radiograph (BpVF) and every generated
+future radiograph (GpVF) with one classifier (EfficientNet-B4, 1024 x 512). This
+module trains such a classifier on the shared skorch base
+(:class:`fracsurv.nn.base.TorchEstimatorMixin`) and applies the study's
+aggregation rules (:mod:`fracsurv.scoring.aggregate`) to cells holding several
+images.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +15,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from fracsurv._base import row_label
-from fracsurv.io.refs import iter_cell
+from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import default_cam_layer, make_backbone
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import ImageDataset, to_chw
+from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
+from fracsurv.scoring.gradcam import grad_cam_maps
 
-__all__ = ["PVFScorer", "aggregate_cell_scores", "cell_groups"]
+__all__ = ["PVFScorer"]
+
+_CALIBRATIONS = (None, "temperature", "isotonic")
 
 
 class _Classifier(nn.Module):
-    """Backbone + linear head.
+    """Backbone + linear head giving one logit per input.
 
     ``shared_crops=True`` treats the channels as separate vertebra crops: one
-    single-channel encoder scores every non-empty crop and the image logit is the
-    maximum (any fractured vertebra makes a fractured spine). Weight sharing gives
-    13x more training examples per encoder weight than stacking the crops as
-    channels, which overfits on small cohorts (measured in docs/pvf_scorer.md).
+    single-channel encoder scores every non-empty crop and the stack's logit is
+    the maximum (any fractured vertebra makes a fractured spine).
     """
 
     def __init__(self, backbone: str, in_channels: int, shape: tuple[int, int],
@@ -58,75 +68,89 @@ class _BCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(
-            logits.reshape(-1), y.reshape(-1).to(logits.dtype), pos_weight=self.pos_weight)
+            logits.reshape(-1).float(), y.reshape(-1).float(), pos_weight=self.pos_weight)
 
 
-def cell_groups(cell: Any, n_seeds: int | None = None) -> list[list[Any]]:
-    """Images of a cell grouped into seed groups.
+class _RowImages(ImageDataset):
+    """:class:`ImageDataset` whose load errors name the frame row the image came from."""
 
-    * a single image -> ``[[img]]``;
-    * a nested list ``[[h1 seeds...], [h2 seeds...]]`` -> as given;
-    * a flat list with ``n_seeds`` -> consecutive groups of ``n_seeds`` (the
-      ``DiffXGenerator`` layout: horizon-major, seeds within a horizon);
-    * a flat list without ``n_seeds`` -> one group per image (several views).
-    """
-    if isinstance(cell, list | tuple) and cell and all(isinstance(c, list | tuple) for c in cell):
-        return [list(iter_cell(list(g))) for g in cell if len(g)]
-    items = iter_cell(cell)
-    if n_seeds and len(items) > 1:
-        if len(items) % n_seeds:
-            raise ValueError(f"a cell holds {len(items)} images, not a multiple of n_seeds={n_seeds}")
-        return [items[i:i + n_seeds] for i in range(0, len(items), n_seeds)]
-    return [[it] for it in items]
+    def __init__(self, items: list[Any], rows: list[str], **kwargs: Any) -> None:
+        super().__init__(items, **kwargs)
+        self.rows = rows
+
+    def load(self, idx: int) -> torch.Tensor:
+        try:
+            return super().load(idx)
+        except Exception as exc:  # re-raised with the row, never the file's identifiers
+            raise ValueError(f"cannot read the image of {self.rows[idx]}: {exc}") from exc
 
 
-def aggregate_cell_scores(group_scores: list[np.ndarray]) -> tuple[float, float]:
-    """The study's rule: mean over seeds within a group, then max over groups.
-
-    Returns ``(score, sd)`` where ``sd`` is the standard deviation across the seeds
-    of the group that gives the maximum (0 for a single image).
-    """
-    if not group_scores:
-        return float("nan"), float("nan")
-    means = [float(np.mean(g)) for g in group_scores]
-    best = int(np.argmax(means))
-    return means[best], float(np.std(group_scores[best]))
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
-class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
     """Prevalent-vertebral-fracture score (0..1) of each row's radiograph(s).
+
+    ``transform`` adds ``output_column`` (the score) and ``<output_column>_sd``
+    (the spread across seeds); see :mod:`fracsurv.scoring.aggregate` for how a
+    cell with several images (views, or generated seeds x horizons) is reduced to
+    one score: mean over seeds, then max over groups, and the ``sd`` of the
+    winning group's seeds.
 
     Parameters
     ----------
     backbone : str, default="efficientnet-b4"
-        A MONAI network (:data:`fracsurv.nn.backbones.BACKBONES`), from scratch.
+        A MONAI network from :data:`fracsurv.nn.backbones.BACKBONES`, trained from
+        scratch (``"resnet10-tiny"`` or ``"resnet10"`` for CPUs).
     image_column : str, default="image"
-        Images, references, or lists of them (seeds/horizons/views, see
-        :func:`cell_groups`). With ``input="crops"`` use the crop-stack column.
+        Images, references, or lists of them. With ``input="crops"`` use the
+        crop-stack column (``(N, h, w)`` arrays).
     input : {"image", "crops"}
         Single-channel radiographs or N-channel vertebra crop stacks.
     label_column : str, default="prevalent_vf"
-        0/1 supervision read from X (so the scorer can sit in a survival
-        Pipeline); a 0/1 ``y`` passed to ``fit`` takes precedence.
+        0/1 supervision read from X, so the scorer can be fitted inside a survival
+        Pipeline (a structured survival ``y`` is ignored); a 0/1 ``y`` passed to
+        ``fit`` takes precedence.
     output_column : str, default="pvf"
-        Score column added by ``transform`` (and ``<output>_sd``).
+        Score column added by ``transform`` (and ``<output_column>_sd``).
     input_shape : (int, int), default=(1024, 512)
-        Network input size; images are resized to it.
+        Network input size (H, W), the study's; every image is resized to it.
     n_seeds : int, optional
-        Group size of flat lists (generated seeds per horizon).
-    class_weight : "balanced" or None
-        Positive-class weight ``n_neg / n_pos`` in the loss.
+        Group size of flat lists (generated seeds per horizon); ``None`` treats a
+        flat list as several views (max over them).
+    class_weight : {"balanced", None}, default="balanced"
+        ``"balanced"`` weights positives by ``n_neg / n_pos`` in the loss.
     augment : bool, default=True
-        Random affine, contrast and noise (MONAI) during training.
+        Random affine, contrast and noise (MONAI, training only), seeded from
+        ``random_state``.
     calibration : {None, "temperature", "isotonic"}
-        Fit on a held-out ``calibration_fraction`` of the rows.
+        Post-hoc calibration fitted on ``calibration_fraction`` of the rows, held
+        out (stratified) from training: temperature scaling of the logits (L-BFGS)
+        or scikit-learn's isotonic regression of the probabilities.
     calibration_fraction : float, default=0.2
-    crop_encoder : {"shared", "channels"}, default="channels"
-        For ``input="crops"``: one encoder shared by all crops with a max over
-        crops, or the crops stacked as the channels of one CNN input.
-    optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction,
-    patience, device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.TorchEstimatorMixin`.
+    crop_encoder : {"channels", "shared"}, default="channels"
+        For ``input="crops"``: the crops stacked as the channels of one CNN input
+        (the multimodal study), or one encoder shared by all crops with a max over
+        crops.
+    cam_layer : str, optional
+        Default Grad-CAM layer (dotted module name); ``None`` = the backbone's last
+        convolutional block.
+    optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
+patience, device, precision, random_state, verbose
+        As in :class:`fracsurv.nn.base.TorchEstimatorMixin` (early stopping on
+        the internal validation split when ``validation_fraction > 0``).
+
+    Attributes
+    ----------
+    classes_ : ndarray ``[0, 1]``
+    n_channels_ : int
+        Channels of the training images (1, or N crops).
+    temperature_ : float
+        Temperature dividing the logits (1 without temperature calibration).
+    isotonic_ : (ndarray, ndarray) or None
+        Isotonic map as (thresholds in, thresholds out).
+    module_, net_ : the trained torch module and skorch net.
     """
 
     def __init__(self, backbone: str = "efficientnet-b4", image_column: str = "image",
@@ -135,7 +159,7 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
                  n_seeds: int | None = None, class_weight: str | None = "balanced",
                  augment: bool = True, calibration: str | None = None,
                  calibration_fraction: float = 0.2, crop_encoder: str = "channels",
-                 optimizer: str = "adam", lr: float = 1e-3,
+                 cam_layer: str | None = None, optimizer: str = "adam", lr: float = 1e-3,
                  weight_decay: float = 1e-4, batch_size: int = 16, max_epochs: int = 30,
                  validation_fraction: float = 0.15, patience: int = 6, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
@@ -152,6 +176,7 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         self.calibration = calibration
         self.calibration_fraction = calibration_fraction
         self.crop_encoder = crop_encoder
+        self.cam_layer = cam_layer
         self.optimizer = optimizer
         self.lr = lr
         self.weight_decay = weight_decay
@@ -171,11 +196,32 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         return tags
 
-    # -- data ------------------------------------------------------------
+    # -- validation ------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.input not in ("image", "crops"):
+            raise ValueError(f"input must be 'image' or 'crops', got {self.input!r}")
+        if self.crop_encoder not in ("shared", "channels"):
+            raise ValueError(f"crop_encoder must be 'shared' or 'channels', got {self.crop_encoder!r}")
+        if self.calibration not in _CALIBRATIONS:
+            raise ValueError(f"calibration must be None, 'temperature' or 'isotonic', "
+                             f"got {self.calibration!r}")
+        if self.class_weight not in (None, "balanced"):
+            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+        shape = tuple(self.input_shape)
+        if len(shape) != 2 or min(int(s) for s in shape) < 8:
+            raise ValueError(f"input_shape must be (H, W) with both >= 8, got {self.input_shape!r}")
+
     def _labels(self, X: pd.DataFrame, y: Any) -> np.ndarray:
-        if y is not None and isinstance(y, np.ndarray | pd.Series | list) and \
-                getattr(np.asarray(y).dtype, "names", None) is None:
-            lab = np.asarray(y, dtype=float).ravel()
+        """0/1 labels from a plain ``y`` or, otherwise (None or structured y), ``label_column``."""
+        y_arr = None if y is None else np.asarray(y)
+        if y_arr is not None and y_arr.dtype.names is None:
+            try:
+                lab = y_arr.astype(float).ravel()
+            except (TypeError, ValueError) as exc:
+                raise ValueError("y must be a 0/1 vector (or None / a survival array, to "
+                                 f"use X[{self.label_column!r}])") from exc
+            if len(lab) != len(X):
+                raise ValueError(f"y has {len(lab)} entries but X has {len(X)} rows")
         else:
             if self.label_column not in X.columns:
                 raise ValueError(f"X has no label column {self.label_column!r} and y is not a "
@@ -190,25 +236,19 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
 
     def _check_frame(self, X: Any) -> None:
         if not isinstance(X, pd.DataFrame):
-            raise TypeError(f"PVFScorer expects a pandas DataFrame, got {type(X).__name__}")
+            raise TypeError(f"PVFScorer expects a pandas DataFrame with an {self.image_column!r} "
+                            f"column, got {type(X).__name__}")
         if self.image_column not in X.columns:
             raise ValueError(f"X has no column {self.image_column!r}")
-        missing = [i for i, c in enumerate(X[self.image_column]) if not iter_cell(c)]
-        if missing:
-            raise ValueError(f"no image in {row_label(X, missing[0])} (column {self.image_column!r})")
+        for pos, cell in enumerate(X[self.image_column]):
+            try:
+                groups = cell_groups(cell, self.n_seeds)
+            except ValueError as exc:
+                raise ValueError(f"{row_label(X, pos)}: {exc}") from exc
+            if not groups:
+                raise ValueError(f"no image in {row_label(X, pos)} (column {self.image_column!r})")
 
-    def _augmenter(self):
-        if not self.augment:
-            return None
-        from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandGaussianNoise
-
-        return Compose([
-            RandAffine(prob=0.7, rotate_range=0.12, scale_range=0.08, translate_range=(8, 4),
-                       padding_mode="zeros"),
-            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
-            RandGaussianNoise(prob=0.3, std=0.02),
-        ])
-
+    # -- data ------------------------------------------------------------
     def _items(self, X: pd.DataFrame) -> tuple[list[Any], list[tuple[int, int]]]:
         """Flattened images and, per image, (row position, group index)."""
         items, where = [], []
@@ -219,64 +259,102 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
                     where.append((pos, g))
         return items, where
 
+    def _dataset(self, X: pd.DataFrame, items: list[Any], where: list[tuple[int, int]],
+                 **kwargs: Any) -> _RowImages:
+        rows = [row_label(X, p) for p, _ in where]
+        return _RowImages(items, rows, shape=tuple(int(s) for s in self.input_shape), **kwargs)
+
+    def _augmenter(self):
+        if not self.augment:
+            return None
+        from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandGaussianNoise
+
+        h, w = (int(s) for s in self.input_shape)
+        aug = Compose([
+            RandAffine(prob=0.7, rotate_range=0.12, scale_range=0.08,
+                       translate_range=(0.03 * h, 0.03 * w), padding_mode="zeros"),
+            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
+            RandGaussianNoise(prob=0.3, std=0.02),
+        ])
+        rs = self.random_state
+        aug.set_random_state(seed=int(np.random.RandomState(rs).randint(0, 2**31 - 1))
+                             if rs is not None else None)
+        return aug
+
     # -- fitting ---------------------------------------------------------
     def fit(self, X: pd.DataFrame, y: Any = None) -> PVFScorer:
-        """Train on every image of every row, each with its row's 0/1 label."""
+        """Train on every image of every row, each with its row's 0/1 label.
+
+        Parameters
+        ----------
+        X : DataFrame
+            With ``image_column`` and (unless ``y`` is a 0/1 vector) ``label_column``.
+        y : array-like of 0/1, structured survival array, or None
+            A structured (survival) ``y`` is ignored, so the scorer can sit in a
+            survival Pipeline.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
         self._check_frame(X)
         labels = self._labels(X, y)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
+        self.classes_ = np.array([0, 1])
         rows = np.arange(len(X))
-        cal_rows = np.array([], int)
+        cal_rows = np.array([], dtype=int)
         if self.calibration:
-            if self.calibration not in ("temperature", "isotonic"):
-                raise ValueError(f"calibration must be None, 'temperature' or 'isotonic', "
-                                 f"got {self.calibration!r}")
             rows, cal_rows = train_test_split(rows, test_size=self.calibration_fraction,
                                               stratify=labels, random_state=self.random_state)
-        items, where = self._items(X.iloc[rows])
+        X_train = X.iloc[rows]
+        items, where = self._items(X_train)
         y_img = np.array([labels[rows[p]] for p, _ in where], dtype=np.float32)
-        first = to_chw(np.asarray(_first_array(items[0])))
-        self.n_channels_ = int(first.shape[0])
-        pos = y_img.sum()
-        pos_weight = (len(y_img) - pos) / max(pos, 1.0) if self.class_weight == "balanced" else 1.0
+        self.n_channels_ = int(to_chw(load_image(items[0])).shape[0])
+        n_pos = float(y_img.sum())
+        pos_weight = (len(y_img) - n_pos) / max(n_pos, 1.0) if self.class_weight else 1.0
         self._seed()
-        module = self._module()
-        net = self._make_net(module, _BCE(pos_weight), n_train=len(items))
-        ds = ImageDataset(items, y_img, transform=self._augmenter(), shape=tuple(self.input_shape))
+        net = self._make_net(self._module(), _BCE(pos_weight), n_train=len(items))
+        ds = self._dataset(X_train, items, where, y=y_img, transform=self._augmenter())
         self._fit_net(net, ds)
         self.temperature_ = 1.0
         self.isotonic_ = None
         if len(cal_rows):
-            logits, _ = self._row_logits(X.iloc[cal_rows])
-            self._calibrate(logits, labels[cal_rows])
+            X_cal = X.iloc[cal_rows]
+            c_items, c_where = self._items(X_cal)
+            logits = self._image_logits(X_cal, c_items, c_where)
+            self._calibrate(logits, np.array([labels[cal_rows[p]] for p, _ in c_where]))
         return self
 
     def _calibrate(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Fit the temperature (L-BFGS on the log-temperature) or the isotonic map."""
         if self.calibration == "temperature":
-            t = torch.zeros(1, requires_grad=True)  # log-temperature
-            z = torch.as_tensor(logits, dtype=torch.float32)
-            yy = torch.as_tensor(labels, dtype=torch.float32)
-            opt = torch.optim.LBFGS([t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+            log_t = torch.zeros(1, requires_grad=True)
+            z = torch.as_tensor(logits, dtype=torch.float64)
+            yy = torch.as_tensor(labels, dtype=torch.float64)
+            opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 
-            def closure():
+            def closure() -> torch.Tensor:
                 opt.zero_grad()
-                loss = nn.functional.binary_cross_entropy_with_logits(z / t.exp(), yy)
+                loss = nn.functional.binary_cross_entropy_with_logits(z / log_t.exp(), yy)
                 loss.backward()
                 return loss
 
             opt.step(closure)
-            self.temperature_ = float(t.exp())
+            self.temperature_ = float(log_t.detach().exp())
         else:
             from sklearn.isotonic import IsotonicRegression
 
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)
-            iso.fit(1 / (1 + np.exp(-logits)), labels)
-            self.isotonic_ = (np.asarray(iso.X_thresholds_, float), np.asarray(iso.y_thresholds_, float))
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            iso.fit(_sigmoid(logits), labels)
+            self.isotonic_ = (np.asarray(iso.X_thresholds_, float),
+                              np.asarray(iso.y_thresholds_, float))
 
     # -- inference -------------------------------------------------------
-    def _image_logits(self, items: list[Any]) -> np.ndarray:
-        ds = ImageDataset(items, shape=tuple(self.input_shape))
+    def _image_logits(self, X: pd.DataFrame, items: list[Any],
+                      where: list[tuple[int, int]]) -> np.ndarray:
+        ds = self._dataset(X, items, where)
         bs = max(1, int(self.batch_size)) * 2
 
         def batches():
@@ -285,79 +363,112 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
 
         return self._infer(batches).reshape(-1).astype(np.float64)
 
-    def _row_logits(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        items, where = self._items(X)
-        logits = self._image_logits(items)
-        # per row: the logit of the first image (for calibration only)
-        first = {}
-        for (p, _), z in zip(where, logits):
-            first.setdefault(p, z)
-        return np.array([first[p] for p in sorted(first)]), np.array(sorted(first))
-
     def _prob(self, logits: np.ndarray) -> np.ndarray:
-        p = 1 / (1 + np.exp(-logits / self.temperature_))
+        p = _sigmoid(logits / self.temperature_)
         if self.isotonic_ is not None:
             p = np.interp(p, *self.isotonic_)
         return p
 
+    def image_scores(self, images: Any) -> np.ndarray:
+        """Calibrated probability of every single image (no aggregation).
+
+        Parameters
+        ----------
+        images : sequence of arrays / references, or one image
+        """
+        check_is_fitted(self, "module_")
+        items = iter_cell(images)
+        frame = pd.DataFrame({"image": [0] * len(items)})
+        return self._prob(self._image_logits(frame, items, [(i, 0) for i in range(len(items))]))
+
     def score_cells(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Aggregated score and its seed spread for every row."""
+        """Aggregated score and its seed spread for every row.
+
+        Returns
+        -------
+        score, sd : ndarray of shape (n_rows,)
+        """
         check_is_fitted(self, "module_")
         self._check_frame(X)
         items, where = self._items(X)
-        probs = self._prob(self._image_logits(items))
-        groups: dict[int, dict[int, list[float]]] = {}
+        probs = self._prob(self._image_logits(X, items, where))
+        groups: list[dict[int, list[float]]] = [{} for _ in range(len(X))]
         for (p, g), pr in zip(where, probs):
-            groups.setdefault(p, {}).setdefault(g, []).append(float(pr))
-        out = [aggregate_cell_scores([np.asarray(v) for v in groups[p].values()])
-               for p in range(len(X))]
-        return np.array([o[0] for o in out]), np.array([o[1] for o in out])
+            groups[p].setdefault(g, []).append(float(pr))
+        out = np.array([aggregate_cell_scores(list(gr.values())) for gr in groups], dtype=float)
+        return out[:, 0], out[:, 1]
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Add ``output_column`` and ``<output_column>_sd``."""
+        """Add ``output_column`` and ``<output_column>_sd`` (replacing existing ones).
+
+        Returns
+        -------
+        DataFrame
+            X's other columns unchanged, then the two new columns.
+        """
         score, sd = self.score_cells(X)
-        out = X.copy()
-        out[self.output_column] = score
-        out[f"{self.output_column}_sd"] = sd
+        extra = [self.output_column, f"{self.output_column}_sd"]
+        out = X.drop(columns=[c for c in extra if c in X.columns])
+        out[extra[0]] = score
+        out[extra[1]] = sd
         return out
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """(n, 2) probabilities of no fracture / fracture."""
+        """(n, 2) probabilities of no fracture / fracture (aggregated per row)."""
         p = self.score_cells(X)[0]
         return np.column_stack([1 - p, p])
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
-        """The aggregated score."""
-        return self.score_cells(X)[0]
+        """Log-odds of the aggregated score (> 0 exactly when ``predict`` is 1)."""
+        p = np.clip(self.score_cells(X)[0], 1e-12, 1 - 1e-12)
+        return np.log(p) - np.log1p(-p)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """1 when the score is at least 0.5."""
+        """1 when the aggregated score is at least 0.5."""
         return (self.score_cells(X)[0] >= 0.5).astype(int)
 
-    def score(self, X: pd.DataFrame, y: Any = None) -> float:
-        """AUROC against ``label_column`` (or a 0/1 ``y``)."""
-        return float(roc_auc_score(self._labels(X, y), self.score_cells(X)[0]))
+    def score(self, X: pd.DataFrame, y: Any = None, sample_weight: Any = None) -> float:
+        """AUROC of the aggregated score against ``label_column`` (or a 0/1 ``y``)."""
+        return float(roc_auc_score(self._labels(X, y), self.score_cells(X)[0],
+                                   sample_weight=sample_weight))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus the score and its spread."""
         check_is_fitted(self, "module_")
         extra = [self.output_column, f"{self.output_column}_sd"]
-        return np.asarray([*[c for c in self.feature_names_in_ if c not in extra], *extra], dtype=object)
+        names = self.feature_names_in_ if input_features is None else input_features
+        return np.asarray([*[c for c in names if c not in extra], *extra], dtype=object)
 
     # -- explanation -----------------------------------------------------
-    def grad_cam(self, images: list[Any], layer: str | None = None) -> np.ndarray:
-        """Grad-CAM maps (MONAI), one ``input_shape`` map in [0, 1] per image."""
-        from monai.visualize import GradCAM
+    def default_cam_layer(self) -> str:
+        """The Grad-CAM layer used when none is given (``cam_layer`` or the backbone's)."""
+        return self.cam_layer or f"backbone.{default_cam_layer(self.backbone)}"
 
+    def grad_cam(self, images: Any, layer: str | None = None) -> np.ndarray:
+        """Grad-CAM maps (MONAI) of the fracture logit for any image(s).
+
+        Parameters
+        ----------
+        images : image, reference, or a sequence of them
+        layer : str, optional
+            Dotted module name inside the classifier (default
+            :meth:`default_cam_layer`).
+
+        Returns
+        -------
+        ndarray of shape (n, H, W)
+            One map in ``[0, 1]`` per image, at ``input_shape`` (for crop stacks
+            with ``crop_encoder="shared"``: one map per crop, ``n * N``).
+        """
         check_is_fitted(self, "module_")
-        layer = layer or f"backbone.{default_cam_layer(self.backbone)}"
-        module = self.module_.to(self._device()).eval()
-        cam = GradCAM(nn_module=module, target_layers=layer)
-        maps = []
-        for img in images:
-            x = to_chw(_first_array(img), tuple(self.input_shape))[None].to(self._device())
-            maps.append(cam(x=x, class_idx=0).detach().cpu().numpy()[0, 0])
-        return np.stack(maps)
+        items = iter_cell(images)
+        device = self._device()
+        module = self.module_.to(device)
+        ds = self._dataset(pd.DataFrame({"image": [0] * len(items)}), items,
+                           [(i, 0) for i in range(len(items))])
+        layer = layer or self.default_cam_layer()
+        maps = [grad_cam_maps(module, ds.load(i)[None].to(device), layer) for i in range(len(ds))]
+        return np.concatenate(maps) if maps else np.empty((0, *self.input_shape))
 
     # -- persistence -----------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -373,19 +484,12 @@ class PVFScorer(TorchEstimatorMixin, TransformerMixin, BaseEstimator):
         self.temperature_ = float(meta["temperature"])
         self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
+        self.classes_ = np.array([0, 1])
         self.isotonic_ = (arrays["iso_x"], arrays["iso_y"]) if "iso_x" in arrays else None
         self.module_ = self._module()
 
     def _module(self) -> _Classifier:
-        if self.input not in ("image", "crops"):
-            raise ValueError(f"input must be 'image' or 'crops', got {self.input!r}")
-        if self.crop_encoder not in ("shared", "channels"):
-            raise ValueError(f"crop_encoder must be 'shared' or 'channels', got {self.crop_encoder!r}")
+        self._check_params()
         shared = self.input == "crops" and self.crop_encoder == "shared"
-        return _Classifier(self.backbone, self.n_channels_, tuple(self.input_shape), shared)
-
-
-def _first_array(item: Any) -> np.ndarray:
-    from fracsurv.io.refs import load_image
-
-    return load_image(item)
+        return _Classifier(self.backbone, self.n_channels_,
+                           tuple(int(s) for s in self.input_shape), shared)
