@@ -1,0 +1,528 @@
+"""``DiffXGenerator``: a patient's future radiographs from a baseline image and a prompt.
+
+The Diff-X study's generator, on the shared skorch base:
+
+1. a 1-channel KL autoencoder compresses radiographs to latents;
+2. **LDM-1** learns to denoise latents given a low-resolution copy of the image
+   (concatenated at every step) and the image's own prompt — it reconstructs
+   the baseline from its DDIM inversion;
+3. **LDM-2** learns prompt-conditioned generation ("An image of 75 years old
+   female") with classifier-free guidance;
+4. sampling runs both from the baseline's inverted noise: LDM-1 retraces the
+   baseline while its decoder features and self-attention queries/keys are
+   injected into LDM-2 (:mod:`fracsurv.generative.injection`) for the first
+   ``tau_f`` / ``tau_attn`` of the steps, so the anatomy stays the patient's
+   and the prompt changes what ageing changes.
+
+Every horizon x seed of one patient is one batch; the inversion of a baseline
+is cached. Training uses every image of the frame (baseline and follow-up, each
+with the age at which it was taken), so the pairs teach LDM-2 what the same
+anatomy looks like years later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from fracsurv._base import FrameTransformerMixin, row_label
+from fracsurv.generative.injection import FeatureInjector
+from fracsurv.generative.nets import DiffXModule, make_schedulers
+from fracsurv.generative.prompts import format_prompt, tokenize
+from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
+from fracsurv.nn.base import TorchEstimatorMixin
+
+__all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
+
+#: Ready-made sizes. ``"full"`` is the study's scale (needs a GPU); ``"cpu"``
+#: trains in minutes on 2 cores at 128 x 64; ``"tiny"`` is for tests.
+DIFFX_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"image_size": (512, 512), "ae_channels": (64, 128, 256, 256),
+             "unet_channels": (128, 256, 512, 512), "layers_per_block": 2,
+             "cross_attention_dim": 256, "n_inference_steps": 50, "ae_epochs": 100,
+             "ldm_epochs": 300, "batch_size": 16},
+    "cpu": {"image_size": (128, 64), "ae_channels": (16, 32, 32, 32),
+            "unet_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": 64,
+            "attention_head_dim": 8, "n_inference_steps": 20, "ae_epochs": 8, "ldm_epochs": 15,
+            "batch_size": 32, "lr": 5e-4},
+    "tiny": {"image_size": (32, 16), "ae_channels": (8, 16), "latent_channels": 2,
+             "unet_channels": (16, 16), "layers_per_block": 1, "cross_attention_dim": 16,
+             "attention_head_dim": 8, "n_inference_steps": 6, "ae_epochs": 2, "ldm_epochs": 2,
+             "batch_size": 4, "n_seeds": 2, "horizons": (1, 5)},
+}
+
+
+class _AEObjective(nn.Module):
+    """Autoencoder training pass: returns (reconstruction, input, KL)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        post = self.vae.encode(x).latent_dist
+        return self.vae.decode(post.sample()).sample, x, post.kl().mean()
+
+
+class _AELoss(nn.Module):
+    def __init__(self, kl_weight: float) -> None:
+        super().__init__()
+        self.kl_weight = kl_weight
+
+    def forward(self, out: tuple[torch.Tensor, ...], y: Any = None) -> torch.Tensor:
+        rec, x, kl = out
+        return nn.functional.l1_loss(rec.float(), x.float()) + self.kl_weight * kl.float()
+
+
+class _EpsObjective(nn.Module):
+    """Denoising pass: random timestep, noised latent -> (predicted noise, noise)."""
+
+    def __init__(self, unet: nn.Module, text: nn.Module, scheduler: Any,
+                 prompt_dropout: float) -> None:
+        super().__init__()
+        self.unet, self.text = unet, text
+        self.scheduler = scheduler
+        self.prompt_dropout = prompt_dropout
+
+    def forward(self, z0: torch.Tensor, ids: torch.Tensor, values: torch.Tensor,
+                lowres: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        n = z0.shape[0]
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), device=z0.device)
+        noise = torch.randn_like(z0)
+        zt = self.scheduler.add_noise(z0, noise, t)
+        cond = self.text.encode_tokens(ids, values)
+        if self.training and self.prompt_dropout > 0:
+            drop = torch.rand(n, device=z0.device) < self.prompt_dropout
+            cond = torch.where(drop[:, None, None], self.text.null_embedding(n), cond)
+        inp = zt if lowres is None else torch.cat([zt, lowres], dim=1)
+        return self.unet(inp, t, encoder_hidden_states=cond).sample, noise
+
+
+class _EpsLoss(nn.Module):
+    def forward(self, out: tuple[torch.Tensor, torch.Tensor], y: Any = None) -> torch.Tensor:
+        return nn.functional.mse_loss(out[0].float(), out[1].float())
+
+
+def _seed_of(random_state: int | None, seed: int) -> int:
+    return int(np.random.SeedSequence([int(random_state or 0), int(seed)]).generate_state(1)[0])
+
+
+class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+    """Language-guided generation of future radiographs (the Diff-X study's model).
+
+    Parameters
+    ----------
+    image_column : str, default="image"
+        Baseline radiographs (arrays or references); the first image of a cell.
+    followup_column, followup_age_column : str
+        Follow-up radiographs and the age at which they were taken; used by
+        ``fit`` as extra training images and by the ``"last"`` horizon.
+    age_column, sex_column : str
+        Baseline age (years) and sex (female/male, F/M or 1/0).
+    horizons : tuple, default=(1, 5, 10, "last")
+        Years after baseline; ``"last"`` = the row's follow-up age (skipped for a
+        row without one).
+    n_seeds : int, default=10
+        Generated images per horizon (the study's 10 random seeds).
+    prompt_template : str
+        With ``{age}`` and ``{sex}``.
+    image_size : (int, int), default=(512, 512)
+        Working resolution (outputs are resized back to each baseline's shape
+        unless ``output_shape`` is set).
+    ae_channels, latent_channels : autoencoder widths per level and latent depth.
+    unet_channels, layers_per_block, cross_attention_dim, attention_head_dim : the
+        UNets (both LDMs share the architecture).
+    n_train_timesteps, n_inference_steps : int
+        Diffusion steps in training and DDIM steps in sampling/inversion.
+    guidance_scale : float, default=4.0
+        Classifier-free guidance of LDM-2.
+    eta : float, default=0.5
+        DDIM stochasticity of LDM-2: the per-seed noise that makes seeds differ.
+    inject : bool, default=True
+        Plug-and-Play injection on (False = the study's "single LDM" ablation).
+    tau_f, tau_attn : float, default 0.8 and 0.5
+        Fractions of the sampling steps with feature / attention injection.
+    injection_block, injection_layer : int, default 1 and 1
+        Decoder position ``up_blocks[block].resnets[layer]`` — the fifth decoder
+        layer of Stable Diffusion's layout, which the study found best.
+    ae_epochs, ldm_epochs : int
+        Training epochs of the autoencoder and of each LDM.
+    lr, batch_size : optimiser settings (Adam) for all three stages.
+    prompt_dropout : float, default=0.1
+        Probability of training LDM-2 on the empty prompt (for guidance).
+    kl_weight : float, default=1e-6
+    cache_dir : str, optional
+        Write generated images to this content-addressed cache and put
+        references in ``future_images`` (else arrays).
+    output_shape : (int, int), optional
+    device, precision, random_state, verbose
+        As in :class:`fracsurv.nn.base.TorchEstimatorMixin`.
+
+    Attributes
+    ----------
+    module_ : DiffXModule
+        Autoencoder, both LDMs and both prompt encoders.
+    n_train_images_ : int
+    """
+
+    #: Not parameters: fixed settings the shared base reads.
+    validation_fraction = 0.0
+    patience = 0
+    optimizer = "adam"
+    weight_decay = 0.0
+
+    def __init__(self, image_column: str = "image", followup_column: str = "followup_image",
+                 followup_age_column: str = "followup_age", age_column: str = "age",
+                 sex_column: str = "sex", horizons: Sequence[Any] = (1, 5, 10, "last"),
+                 n_seeds: int = 10, prompt_template: str = "An image of {age} years old {sex}",
+                 image_size: tuple[int, int] = (512, 512),
+                 ae_channels: tuple[int, ...] = (64, 128, 256, 256), latent_channels: int = 4,
+                 unet_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2,
+                 cross_attention_dim: int = 256, attention_head_dim: int = 8,
+                 n_train_timesteps: int = 1000, n_inference_steps: int = 50,
+                 guidance_scale: float = 4.0, eta: float = 0.5, inject: bool = True,
+                 tau_f: float = 0.8, tau_attn: float = 0.5, injection_block: int = 1,
+                 injection_layer: int = 1, ae_epochs: int = 100, ldm_epochs: int = 300,
+                 lr: float = 1e-4, batch_size: int = 16, prompt_dropout: float = 0.1,
+                 kl_weight: float = 1e-6, cache_dir: str | None = None,
+                 output_shape: tuple[int, int] | None = None, device: str = "auto",
+                 precision: str = "auto", random_state: int | None = None,
+                 verbose: int = 0) -> None:
+        self.image_column = image_column
+        self.followup_column = followup_column
+        self.followup_age_column = followup_age_column
+        self.age_column = age_column
+        self.sex_column = sex_column
+        self.horizons = horizons
+        self.n_seeds = n_seeds
+        self.prompt_template = prompt_template
+        self.image_size = image_size
+        self.ae_channels = ae_channels
+        self.latent_channels = latent_channels
+        self.unet_channels = unet_channels
+        self.layers_per_block = layers_per_block
+        self.cross_attention_dim = cross_attention_dim
+        self.attention_head_dim = attention_head_dim
+        self.n_train_timesteps = n_train_timesteps
+        self.n_inference_steps = n_inference_steps
+        self.guidance_scale = guidance_scale
+        self.eta = eta
+        self.inject = inject
+        self.tau_f = tau_f
+        self.tau_attn = tau_attn
+        self.injection_block = injection_block
+        self.injection_layer = injection_layer
+        self.ae_epochs = ae_epochs
+        self.ldm_epochs = ldm_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.prompt_dropout = prompt_dropout
+        self.kl_weight = kl_weight
+        self.cache_dir = cache_dir
+        self.output_shape = output_shape
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # -- checks and data ---------------------------------------------------
+    def _check_params(self) -> None:
+        if "{age}" not in self.prompt_template or "{sex}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain {age} and {sex}, got "
+                             f"{self.prompt_template!r}")
+        for name in ("tau_f", "tau_attn", "prompt_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if int(self.n_seeds) < 1 or int(self.n_inference_steps) < 1:
+            raise ValueError("n_seeds and n_inference_steps must be at least 1")
+        for h in self.horizons:
+            if h != "last" and not (isinstance(h, int | float) and h >= 0):
+                raise ValueError(f"horizons are years >= 0 or 'last', got {h!r}")
+        factor = 2 ** (len(self.ae_channels) - 1)
+        h, w = (int(s) for s in self.image_size)
+        unet_factor = 2 ** (len(self.unet_channels) - 1)
+        if h % (factor * unet_factor) or w % (factor * unet_factor):
+            raise ValueError(f"image_size {self.image_size} must be divisible by "
+                             f"{factor * unet_factor} (autoencoder x UNet downsampling)")
+
+    def _build(self) -> DiffXModule:
+        self._check_params()
+        return DiffXModule(
+            template=self.prompt_template, ae_channels=tuple(self.ae_channels),
+            latent_channels=int(self.latent_channels), unet_channels=tuple(self.unet_channels),
+            layers_per_block=int(self.layers_per_block),
+            cross_attention_dim=int(self.cross_attention_dim),
+            attention_head_dim=int(self.attention_head_dim))
+
+    def _prep(self, image: np.ndarray) -> torch.Tensor:
+        """(1, 1, H, W) tensor in [-1, 1] at ``image_size`` from a [0, 1] image."""
+        arr = np.asarray(image, dtype=np.float32)
+        if arr.ndim == 3:
+            arr = arr[0]
+        t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+        t = nn.functional.interpolate(t, size=tuple(int(s) for s in self.image_size),
+                                      mode="bilinear", antialias=True, align_corners=False)
+        return t.clamp(0, 1) * 2 - 1
+
+    def _row_image(self, X: pd.DataFrame, pos: int, column: str) -> np.ndarray | None:
+        items = iter_cell(X[column].iloc[pos])
+        if not items:
+            return None
+        try:
+            return load_image(items[0])
+        except Exception as exc:  # re-raised naming the row; identifiers never enter the message
+            raise ValueError(f"{column}: cannot read the image of {row_label(X, pos)}: "
+                             f"{type(exc).__name__}") from exc
+
+    def _row_age_sex(self, X: pd.DataFrame, pos: int) -> tuple[float, Any]:
+        age = X[self.age_column].iloc[pos]
+        sex = X[self.sex_column].iloc[pos]
+        try:
+            age = float(age)
+        except (TypeError, ValueError):
+            age = float("nan")
+        if not np.isfinite(age):
+            raise ValueError(f"{self.age_column}: {row_label(X, pos)} has no valid age ({age!r})")
+        try:
+            format_prompt(self.prompt_template, age, sex)
+        except ValueError as exc:
+            raise ValueError(f"{self.sex_column}: {row_label(X, pos)}: {exc}") from None
+        return age, sex
+
+    def _training_images(self, X: pd.DataFrame) -> tuple[torch.Tensor, list[str]]:
+        images, prompts = [], []
+        has_fu = self.followup_column in X.columns and self.followup_age_column in X.columns
+        for pos in range(len(X)):
+            age, sex = self._row_age_sex(X, pos)
+            img = self._row_image(X, pos, self.image_column)
+            if img is None:
+                raise ValueError(f"{self.image_column}: {row_label(X, pos)} has no image")
+            images.append(self._prep(img))
+            prompts.append(format_prompt(self.prompt_template, age, sex))
+            if has_fu:
+                fu = self._row_image(X, pos, self.followup_column)
+                fu_age = X[self.followup_age_column].iloc[pos]
+                if fu is not None and pd.notna(fu_age):
+                    images.append(self._prep(fu))
+                    prompts.append(format_prompt(self.prompt_template, float(fu_age), sex))
+        return torch.cat(images), prompts
+
+    # -- training ----------------------------------------------------------
+    def _train_stage(self, module: nn.Module, criterion: nn.Module, X: Any, n: int,
+                     epochs: int) -> list[float]:
+        net = self._make_net(module, criterion, n_train=n)
+        net.max_epochs = int(epochs)
+        self._seed()
+        net.fit(X, None)
+        return [float(h["train_loss"]) for h in net.history]
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> DiffXGenerator:
+        """Train the autoencoder, then LDM-1 and LDM-2, on every image of ``X``.
+
+        Parameters
+        ----------
+        X : DataFrame
+            ``image_column``, ``age_column``, ``sex_column``; optionally
+            ``followup_column`` / ``followup_age_column`` (longitudinal pairs).
+        y : ignored
+            Present so the generator fits inside a survival Pipeline.
+        """
+        self._require_columns(X, [self.image_column, self.age_column, self.sex_column],
+                              type(self).__name__)
+        self._check_params()
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self._seed()
+        module = self._build()
+        images, prompts = self._training_images(X)
+        n = len(images)
+        self.n_train_images_ = n
+        self.loss_history_ = {"autoencoder": self._train_stage(
+            _AEObjective(module.vae), _AELoss(float(self.kl_weight)), images, n,
+            self.ae_epochs)}
+        module.eval()
+        with torch.no_grad():
+            lat = torch.cat([module.vae.encode(images[i:i + 64]).latent_dist.mean
+                             for i in range(0, n, 64)])
+        module.latent_scale.fill_(1.0 / max(float(lat.std()), 1e-6))
+        z0 = lat * module.latent_scale
+        ids, values, _ = tokenize(prompts, module.text1.vocab, module.text1.length)
+        data = {"z0": z0, "ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
+        sched, _ = make_schedulers(self.n_train_timesteps)
+        self.loss_history_["ldm1"] = self._train_stage(
+            _EpsObjective(module.ldm1, module.text1, sched, 0.0), _EpsLoss(),
+            {**data, "lowres": module.lowres(images)}, n, self.ldm_epochs)
+        self.loss_history_["ldm2"] = self._train_stage(
+            _EpsObjective(module.ldm2, module.text2, sched, float(self.prompt_dropout)),
+            _EpsLoss(), data, n, self.ldm_epochs)
+        self.module_ = module.eval()
+        self._inversions = {}
+        return self
+
+    # -- sampling ------------------------------------------------------------
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        amp = self._amp_dtype()
+        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+    def _encode_baseline(self, image: np.ndarray, age: float, sex: Any
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inverted noise z_T, low-res copy, LDM-1 prompt embedding) of a baseline, cached."""
+        m, device = self.module_, self._device()
+        x = self._prep(image).to(device)
+        cond = m.text1([format_prompt(self.prompt_template, age, sex)])
+        lowres = m.lowres(x)
+        key = hash_parts(x.cpu().numpy(), age, str(sex), int(self.n_inference_steps))
+        cache = self.__dict__.setdefault("_inversions", {})
+        if key not in cache:
+            _, inverse = make_schedulers(self.n_train_timesteps)
+            inverse.set_timesteps(int(self.n_inference_steps))
+            z = m.encode(x)
+            for t in inverse.timesteps:
+                eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
+                z = inverse.step(eps.float(), t, z).prev_sample
+            cache[key] = z
+        return cache[key], lowres, cond
+
+    def generate(self, image: Any, age: float, sex: Any, horizons: Sequence[float],
+                 seeds: Sequence[int] | None = None, inject: bool | None = None,
+                 return_injector: bool = False) -> Any:
+        """Future images of one patient: array ``(len(horizons), len(seeds), H, W)`` in [0, 1].
+
+        Parameters
+        ----------
+        image : array or reference
+            Baseline radiograph.
+        age, sex : baseline age (years) and sex.
+        horizons : sequence of float
+            Years after baseline (the prompt's age is ``age + horizon``).
+        seeds : sequence of int, optional
+            Defaults to ``range(n_seeds)``; with ``random_state`` they fix the
+            DDIM noise, so a (seed, horizon) image is reproducible alone.
+        inject : bool, optional
+            Override of the ``inject`` parameter (the no-injection ablation).
+        return_injector : bool
+            Also return the :class:`FeatureInjector` (its ``log`` lists every
+            replacement as ``(step, module)``).
+        """
+        check_is_fitted(self, "module_")
+        seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
+        inject = self.inject if inject is None else bool(inject)
+        img = load_image(image)
+        out_shape = tuple(self.output_shape or img.shape[-2:])
+        m, device = self.module_.to(self._device()), self._device()
+        ddim, _ = make_schedulers(self.n_train_timesteps)
+        ddim.set_timesteps(int(self.n_inference_steps))
+        n_steps = len(ddim.timesteps)
+        n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
+        prompts = [format_prompt(self.prompt_template, age + float(h), sex)
+                   for h in horizons for _ in seeds]
+        k = len(prompts)
+        gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
+        with torch.inference_mode(), self._autocast(device):
+            z_t, lowres, cond1 = self._encode_baseline(img, float(age), sex)
+            enc2 = torch.cat([m.text2.null_embedding(k), m.text2(prompts)])
+            z1, z2 = z_t.clone(), z_t.expand(k, *z_t.shape[1:]).clone()
+            injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
+                                       int(self.injection_layer))
+            with injector:
+                for i, t in enumerate(ddim.timesteps):
+                    with injector.record(i):
+                        eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
+                    z1 = ddim.step(eps1.float(), t, z1).prev_sample
+                    with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
+                        eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
+                    noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
+                    noise = noise.repeat(len(horizons), 1, 1, 1).to(device)
+                    z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
+            x = m.decode(z2).float()
+        x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
+        arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(horizons), len(seeds), *out_shape)
+        return (arr, injector) if return_injector else arr
+
+    def reconstruct(self, image: Any, age: float, sex: Any) -> np.ndarray:
+        """LDM-1's reconstruction of ``image`` from its DDIM inversion, in [0, 1]."""
+        check_is_fitted(self, "module_")
+        img = load_image(image)
+        m, device = self.module_.to(self._device()), self._device()
+        ddim, _ = make_schedulers(self.n_train_timesteps)
+        ddim.set_timesteps(int(self.n_inference_steps))
+        with torch.inference_mode(), self._autocast(device):
+            z, lowres, cond = self._encode_baseline(img, float(age), sex)
+            for t in ddim.timesteps:
+                eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
+                z = ddim.step(eps.float(), t, z).prev_sample
+            x = m.decode(z).float()
+        x = nn.functional.interpolate(x, size=img.shape[-2:], mode="bilinear", align_corners=False)
+        return ((x.clamp(-1, 1) + 1) / 2)[0, 0].cpu().numpy()
+
+    def _row_horizons(self, X: pd.DataFrame, pos: int, age: float) -> list[float]:
+        out = []
+        for h in self.horizons:
+            if h == "last":
+                if self.followup_age_column in X.columns:
+                    fu = X[self.followup_age_column].iloc[pos]
+                    if pd.notna(fu) and float(fu) >= age:
+                        out.append(round(float(fu) - age, 2))
+            else:
+                out.append(float(h))
+        return out
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Add ``future_images`` (horizon-major, ``n_seeds`` per horizon) and ``future_horizons``.
+
+        The layout is what :class:`fracsurv.scoring.PVFScorer` with
+        ``n_seeds=self.n_seeds`` aggregates (mean over seeds, max over horizons).
+        """
+        check_is_fitted(self, "module_")
+        self._require_columns(X, [self.image_column, self.age_column, self.sex_column],
+                              type(self).__name__)
+        cache = ImageCache(self.cache_dir) if self.cache_dir else None
+        futures, horizons = [], []
+        for pos in range(len(X)):
+            age, sex = self._row_age_sex(X, pos)
+            img = self._row_image(X, pos, self.image_column)
+            if img is None:
+                raise ValueError(f"{self.image_column}: {row_label(X, pos)} has no image")
+            hs = self._row_horizons(X, pos, age)
+            arr = self.generate(img, age, sex, hs)
+            flat = list(arr.reshape(-1, *arr.shape[2:]))
+            futures.append([cache.put(a) for a in flat] if cache else flat)
+            horizons.append(hs)
+        out = X.copy()
+        out["future_images"] = pd.Series(futures, index=X.index, dtype=object)
+        out["future_horizons"] = pd.Series(horizons, index=X.index, dtype=object)
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Input columns plus ``future_images`` and ``future_horizons``."""
+        check_is_fitted(self, "module_")
+        names = list(self.feature_names_in_ if input_features is None else input_features)
+        return np.asarray([*names, "future_images", "future_horizons"], dtype=object)
+
+    # -- persistence ---------------------------------------------------------
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"feature_names_in": list(self.feature_names_in_),
+                "n_train_images": int(self.n_train_images_)}, {}
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self.n_train_images_ = int(meta["n_train_images"])
+        self.module_ = self._build()
+        self._inversions = {}

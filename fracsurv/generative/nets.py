@@ -1,0 +1,108 @@
+"""The networks of ``DiffXGenerator``, built from diffusers' model classes.
+
+* :func:`make_autoencoder` — a 1-channel :class:`diffusers.AutoencoderKL`.
+* :func:`make_unet` — a :class:`diffusers.UNet2DConditionModel` laid out like
+  Stable Diffusion's (cross-attention in every level but the deepest; the first
+  decoder block without attention), so "the fifth decoder layer" means the same
+  thing as in the Diff-X study whatever the width and depth.
+* :func:`make_schedulers` — DDIM and its inverse with Stable Diffusion's
+  scaled-linear betas.
+* :class:`DiffXModule` — one container (autoencoder, LDM-1, LDM-2 and their
+  prompt encoders) so the shared skorch base saves everything as one
+  safetensors file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from fracsurv.generative.prompts import PromptEncoder
+
+__all__ = ["DiffXModule", "make_autoencoder", "make_schedulers", "make_unet"]
+
+_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+             "prediction_type": "epsilon"}
+
+
+def _groups(channels: tuple[int, ...]) -> int:
+    g = 0
+    for c in channels:
+        g = math.gcd(g, int(c))
+    return min(32, g)
+
+
+def make_autoencoder(channels: tuple[int, ...], latent_channels: int) -> Any:
+    """1-channel KL autoencoder; downsampling factor ``2 ** (len(channels) - 1)``."""
+    from diffusers import AutoencoderKL
+
+    n = len(channels)
+    return AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=int(latent_channels),
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(int(c) for c in channels), layers_per_block=1,
+        norm_num_groups=_groups(channels))
+
+
+def make_unet(in_channels: int, out_channels: int, channels: tuple[int, ...],
+              layers_per_block: int, cross_attention_dim: int, attention_head_dim: int) -> Any:
+    """Text-conditioned UNet in Stable Diffusion's block layout."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(channels)
+    if n < 2:
+        raise ValueError(f"unet_channels needs at least two levels, got {channels!r}")
+    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    return UNet2DConditionModel(
+        in_channels=int(in_channels), out_channels=int(out_channels),
+        block_out_channels=tuple(int(c) for c in channels), layers_per_block=int(layers_per_block),
+        down_block_types=down, up_block_types=up, cross_attention_dim=int(cross_attention_dim),
+        attention_head_dim=int(attention_head_dim), norm_num_groups=_groups(channels))
+
+
+def make_schedulers(n_train_timesteps: int) -> tuple[Any, Any]:
+    """``(DDIMScheduler, DDIMInverseScheduler)`` sharing one noise schedule."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    return (DDIMScheduler(num_train_timesteps=int(n_train_timesteps), **_SCHEDULE),
+            DDIMInverseScheduler(num_train_timesteps=int(n_train_timesteps), **_SCHEDULE))
+
+
+class DiffXModule(nn.Module):
+    """Autoencoder + LDM-1 (reconstruction) + LDM-2 (prompt-guided) + prompt encoders.
+
+    LDM-1 reads ``latent_channels + 1`` channels: the noisy latent and a
+    low-resolution copy of the baseline at the latent's size, concatenated at
+    every step (as diffusers' upscaling pipelines condition on their low-res
+    input). ``latent_scale`` (a buffer) makes the latents unit-variance.
+    """
+
+    def __init__(self, *, template: str, ae_channels: tuple[int, ...], latent_channels: int,
+                 unet_channels: tuple[int, ...], layers_per_block: int, cross_attention_dim: int,
+                 attention_head_dim: int) -> None:
+        super().__init__()
+        self.vae = make_autoencoder(ae_channels, latent_channels)
+        unet = (unet_channels, layers_per_block, cross_attention_dim, attention_head_dim)
+        self.ldm1 = make_unet(latent_channels + 1, latent_channels, *unet)
+        self.ldm2 = make_unet(latent_channels, latent_channels, *unet)
+        self.text1 = PromptEncoder(template, cross_attention_dim)
+        self.text2 = PromptEncoder(template, cross_attention_dim)
+        self.register_buffer("latent_scale", torch.ones(()))
+        self.factor = 2 ** (len(ae_channels) - 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled latent means of images ``x`` in [-1, 1], shape (n, 1, H, W)."""
+        return self.vae.encode(x).latent_dist.mean * self.latent_scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from scaled latents."""
+        return self.vae.decode(z / self.latent_scale).sample
+
+    def lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """Low-resolution copy of ``x`` at the latent's size (area average)."""
+        return nn.functional.avg_pool2d(x, self.factor)

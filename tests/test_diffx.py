@@ -1,0 +1,171 @@
+"""DiffXGenerator: prompts, shapes, determinism, the injection schedule, persistence."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+
+from fracsurv.datasets import make_spine_cohort
+from fracsurv.generative import (
+    DIFFX_PRESETS,
+    DiffXGenerator,
+    PromptEncoder,
+    format_prompt,
+    injection_points,
+)
+from fracsurv.generative.prompts import tokenize
+from fracsurv.nn.base import load_model
+from fracsurv.scoring.aggregate import cell_groups
+
+TINY = {**DIFFX_PRESETS["tiny"], "random_state": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_spine_cohort(3, image_shape=(64, 32), random_state=5, dicom=False).frame
+
+
+@pytest.fixture(scope="module")
+def fitted(cohort):
+    return DiffXGenerator(**TINY).fit(cohort)
+
+
+def test_prompt_format_and_tokens():
+    assert format_prompt("An image of {age} years old {sex}", 74.6, "F") == \
+        "An image of 75 years old female"
+    assert format_prompt("{age} {sex}", 60, 0) == "60 male"
+    with pytest.raises(ValueError, match="sex"):
+        format_prompt("{age} {sex}", 60, "unknown")
+    enc = PromptEncoder("An image of {age} years old {sex}", dim=8)
+    ids, values, is_num = tokenize(["An image of 75 years old female", "an image of 9 dogs"],
+                                   enc.vocab, enc.length)
+    assert is_num[0].sum() == 1 and values[0][is_num[0]][0] == 75
+    assert ids[1, 4] == 2  # "dogs" is unknown
+    with pytest.raises(ValueError, match="more than"):
+        tokenize(["a " * 20], enc.vocab, enc.length)
+
+
+def test_age_embeddings_are_distinct_and_ordered():
+    torch.manual_seed(0)
+    enc = PromptEncoder("An image of {age} years old {sex}", dim=16)
+    ages = np.arange(50, 100, 5)
+    ids, values, is_num = tokenize([f"An image of {a} years old male" for a in ages],
+                                   enc.vocab, enc.length)
+    with torch.no_grad():
+        tok = enc.token_embeddings(torch.from_numpy(ids), torch.from_numpy(values))
+        age_tok = tok[torch.from_numpy(is_num)]
+        proj = age_tok @ enc.age_direction
+        full = enc(["An image of 60 years old male", "An image of 61 years old male",
+                    "An image of 60 years old female"])
+    assert np.all(np.diff(proj.numpy()) > 0)
+    assert (full[0] - full[1]).abs().max() > 1e-4 and (full[0] - full[2]).abs().max() > 1e-4
+
+
+def test_transform_layout(fitted, cohort):
+    out = fitted.transform(cohort)
+    assert list(out.columns[:len(cohort.columns)]) == list(cohort.columns)
+    n_h = len(fitted.horizons)
+    for pos in range(len(cohort)):
+        imgs = out["future_images"].iloc[pos]
+        assert out["future_horizons"].iloc[pos] == [1.0, 5.0]
+        assert len(imgs) == n_h * fitted.n_seeds
+        assert all(im.shape == cohort["image"].iloc[pos].shape for im in imgs)
+        assert all(0 <= im.min() and im.max() <= 1 for im in imgs)
+        groups = cell_groups(imgs, n_seeds=fitted.n_seeds)
+        assert len(groups) == n_h
+    assert list(fitted.get_feature_names_out()[-2:]) == ["future_images", "future_horizons"]
+
+
+def test_last_horizon_uses_the_followup_age(fitted, cohort):
+    gen = clone(fitted).set_params(horizons=(1, "last"))
+    gen.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    frame = cohort.copy()
+    frame.loc[frame.index[1], "followup_age"] = np.nan
+    out = gen.transform(frame)
+    expect = round(float(frame["followup_age"].iloc[0] - frame["age"].iloc[0]), 2)
+    assert out["future_horizons"].iloc[0] == [1.0, expect]
+    assert out["future_horizons"].iloc[1] == [1.0]
+    assert len(out["future_images"].iloc[1]) == gen.n_seeds
+
+
+def test_seeds_are_reproducible_alone_and_differ(fitted, cohort):
+    img, age = cohort["image"].iloc[0], cohort["age"].iloc[0]
+    both = fitted.generate(img, age, "female", [1, 5], seeds=[0, 3])
+    alone = fitted.generate(img, age, "female", [1, 5], seeds=[3])
+    np.testing.assert_allclose(alone[:, 0], both[:, 1], atol=1e-4)
+    assert np.abs(both[:, 0] - both[:, 1]).max() > 1e-3
+    refit = DiffXGenerator(**TINY).fit(cohort)
+    np.testing.assert_allclose(refit.generate(img, age, "female", [1], seeds=[3]),
+                               alone[:1], atol=1e-5)
+
+
+def test_injection_is_active_exactly_in_the_configured_steps(fitted, cohort):
+    img, age = cohort["image"].iloc[0], cohort["age"].iloc[0]
+    feats, attn = injection_points(fitted.module_.ldm2, 1, 1)
+    assert feats == ["up_blocks.1.resnets.1.conv2"]
+    assert attn and all(".attn1.to_q" in a or ".attn1.to_k" in a for a in attn)
+    gen = clone(fitted).set_params(tau_f=0.5, tau_attn=1 / 3)
+    gen.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    _, inj = gen.generate(img, age, "male", [1], seeds=[0], return_injector=True)
+    n = gen.n_inference_steps
+    steps = {name: sorted(s for s, m in inj.log if m == name) for name in feats + attn}
+    assert steps[feats[0]] == list(range(round(0.5 * n)))
+    assert all(steps[a] == list(range(round(n / 3))) for a in attn)
+    assert {m for _, m in inj.log} == set(feats + attn)
+    _, none = gen.generate(img, age, "male", [1], seeds=[0], inject=False, return_injector=True)
+    assert none.log == []
+
+
+def test_turning_injection_off_changes_the_output(fitted, cohort):
+    img, age = cohort["image"].iloc[0], cohort["age"].iloc[0]
+    on = fitted.generate(img, age, "female", [5], seeds=[1])
+    off = fitted.generate(img, age, "female", [5], seeds=[1], inject=False)
+    assert np.abs(on - off).mean() > 1e-3
+
+
+def test_bad_injection_point_is_refused(fitted):
+    with pytest.raises(ValueError, match="does not exist"):
+        injection_points(fitted.module_.ldm2, 1, 7)
+
+
+def test_save_load_reproduces_generation(fitted, cohort, tmp_path):
+    img, age = cohort["image"].iloc[1], cohort["age"].iloc[1]
+    path = fitted.save(tmp_path / "diffx")
+    again = load_model(path)
+    assert isinstance(again, DiffXGenerator)
+    np.testing.assert_allclose(again.generate(img, age, "male", [1, 5], seeds=[2]),
+                               fitted.generate(img, age, "male", [1, 5], seeds=[2]), atol=1e-5)
+    np.testing.assert_allclose(again.reconstruct(img, age, "male"),
+                               fitted.reconstruct(img, age, "male"), atol=1e-5)
+
+
+def test_cache_dir_gives_references(fitted, cohort, tmp_path):
+    gen = clone(fitted).set_params(cache_dir=str(tmp_path / "cache"))
+    gen.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    out = gen.transform(cohort.iloc[:1])
+    refs = out["future_images"].iloc[0]
+    assert all(isinstance(r, str) and r.endswith(".npy") for r in refs)
+    assert np.load(refs[0]).shape == cohort["image"].iloc[0].shape
+
+
+def test_bad_rows_are_named(fitted, cohort):
+    bad = cohort.iloc[:2].copy()
+    bad.loc[bad.index[1], "age"] = np.nan
+    with pytest.raises(ValueError, match=r"row 1 .*no valid age"):
+        fitted.transform(bad)
+    bad = cohort.iloc[:2].copy()
+    bad["sex"] = ["female", "cat"]
+    with pytest.raises(ValueError, match=r"sex: row 1"):
+        fitted.transform(bad)
+    with pytest.raises(ValueError, match="prompt_template"):
+        DiffXGenerator(**{**TINY, "prompt_template": "no age here {sex}"}).fit(cohort)
+    with pytest.raises(ValueError, match="divisible"):
+        DiffXGenerator(**{**TINY, "image_size": (30, 16)}).fit(cohort)
+    with pytest.raises(ValueError, match="no column"):
+        fitted.transform(pd.DataFrame({"image": [1]}))
+
+
+def test_clone_keeps_parameters(fitted):
+    c = clone(fitted)
+    assert c.get_params() == fitted.get_params() and not hasattr(c, "module_")
