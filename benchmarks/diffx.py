@@ -74,7 +74,7 @@ def main() -> None:
     t_data = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    gen = DiffXGenerator(**preset, random_state=0, verbose=0).fit(Xtr)
+    gen = DiffXGenerator(**preset, random_state=0, verbose=1).fit(Xtr)
     t_fit = time.perf_counter() - t0
     print(f"fit {t_fit:.0f} s on {gen.n_train_images_} images")
 
@@ -92,16 +92,21 @@ def main() -> None:
     res: dict[str, dict[str, list]] = {m: {"gen": [], "ages": [], "last": []}
                                        for m in ("diffx", "no_injection")}
     recon, base = [], []
+    lasts = [max(float(f - a), 0.0) for f, a in zip(Xte["followup_age"], Xte["age"], strict=True)]
     for pos in range(len(Xte)):
         row = Xte.iloc[pos]
-        last = max(float(row["followup_age"] - row["age"]), 0.0)
         recon.append(gen.reconstruct(row["image"], row["age"], row["sex"]))
         base.append(np.asarray(row["image"], np.float32))
-        for mode, inject in (("diffx", True), ("no_injection", False)):
-            arr = gen.generate(row["image"], row["age"], row["sex"], [*horizons, last],
-                               seeds=range(args.seeds), inject=inject)
-            res[mode]["gen"].append(arr)
-            res[mode]["ages"].append([row["age"] + h for h in [*horizons, last]])
+    for mode, inject in (("diffx", True), ("no_injection", False)):
+        for lo in range(0, len(Xte), 8):
+            part = Xte.iloc[lo:lo + 8]
+            hs = [[*horizons, last] for last in lasts[lo:lo + 8]]
+            arr = gen.generate_many(list(part["image"]), list(part["age"]), list(part["sex"]),
+                                    hs, seeds=range(args.seeds), inject=inject)
+            res[mode]["gen"].extend(arr)
+            res[mode]["ages"].extend([[a + h for h in h_row]
+                                      for a, h_row in zip(part["age"], hs, strict=True)])
+        print(f"generated ({mode})", flush=True)
     base_arr, recon_arr = np.stack(base), np.stack(recon)
     real_fu = list(Xte["followup_image"])
     fu_pvf = pvf.image_scores(real_fu)

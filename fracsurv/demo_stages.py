@@ -221,11 +221,65 @@ def stage_pvf(ctx: DemoContext) -> None:
     print(f"    pVF AUROC on the test split: {auc:.3f}", flush=True)
 
 
+def _image_scorer(ctx: DemoContext) -> Any:
+    """A full-image pVF scorer (the Diff-X study scores whole radiographs: BpVF and GpVF)."""
+    from fracsurv.scoring import PVFScorer
+
+    shape = (64, 32) if ctx.tiny else (128, 64)
+    scorer = PVFScorer(backbone="resnet10-tiny", image_column="image", input="image",
+                       output_column="bpvf", input_shape=shape, max_epochs=2 if ctx.tiny else 12,
+                       batch_size=32, lr=2e-3, augment=False, validation_fraction=0.0,
+                       random_state=ctx.seed)
+    scorer.fit(ctx.train)
+    return scorer
+
+
 def stage_future(ctx: DemoContext) -> None:
-    gen = _available("fracsurv.generative", "DiffXGenerator")
-    if gen is None:
+    gen_cls = _available("fracsurv.generative", "DiffXGenerator")
+    if gen_cls is None:
         _skip(ctx, "generated future radiographs and GpVF; RiskGrouper's LL/LH/HIGH groups need "
               "them", "DiffXGenerator")
+        return
+    if "image" not in ctx.train.columns or "prevalent_vf" not in ctx.train.columns:
+        return
+    import copy
+
+    from fracsurv.generative import DIFFX_PRESETS
+    from fracsurv.stratify import RiskGrouper
+
+    scorer = _image_scorer(ctx)
+    ctx.train, ctx.test = scorer.transform(ctx.train), scorer.transform(ctx.test)
+    preset = {**DIFFX_PRESETS["tiny" if ctx.tiny else "demo"], "horizons": (10,), "n_seeds": 2}
+    gen = gen_cls(**preset, output_shape=tuple(scorer.input_shape), random_state=ctx.seed,
+                  cache_dir=str(ctx.out / "cache"))
+    n_fit = min(len(ctx.train), 60 if ctx.tiny else 240)
+    gen.fit(ctx.train.iloc[:n_fit])
+    print(f"    DiffXGenerator trained on {gen.n_train_images_} images "
+          f"({preset['image_size'][0]}x{preset['image_size'][1]})", flush=True)
+    ctx.train, ctx.test = gen.transform(ctx.train), gen.transform(ctx.test)
+    gscorer = copy.deepcopy(scorer).set_params(image_column="future_images", output_column="gpvf",
+                                               n_seeds=gen.n_seeds)
+    ctx.train, ctx.test = gscorer.transform(ctx.train), gscorer.transform(ctx.test)
+    grouper = RiskGrouper(baseline_column="bpvf", future_column="gpvf", thresholds="optimal")
+    grouper.fit(ctx.train, ctx.y_train)
+    ctx.train, ctx.test = grouper.transform(ctx.train), grouper.transform(ctx.test)
+    ctx.fitted.update({"PVFScorer (image)": scorer, "DiffXGenerator": gen,
+                       "RiskGrouper": grouper})
+    print(f"    risk groups (test): {ctx.test['risk_group'].value_counts().to_dict()}", flush=True)
+
+
+def _km_section(ctx: DemoContext, groups: pd.Series) -> None:
+    from fracsurv.stratify import km_figure, logrank_tables
+
+    rep = ctx.report
+    present = groups.astype(str).nunique()
+    if present < 2:
+        rep.add_notice("every test patient falls in one group: no curves to compare")
+        return
+    rep.add_figure(km_figure(ctx.y_test, groups, "test split"), "Kaplan-Meier curves")
+    pw, overall = logrank_tables(ctx.y_test, groups)
+    rep.add_table(overall, caption="Log-rank test (all groups)")
+    rep.add_table(pw, caption="Pairwise log-rank tests")
 
 
 def stage_analysis(ctx: DemoContext) -> None:
@@ -233,8 +287,6 @@ def stage_analysis(ctx: DemoContext) -> None:
         cox_table,
         decision_table,
         format_cox_table,
-        km_figure,
-        logrank_tables,
         td_auc_figure,
         td_auc_table,
     )
@@ -246,24 +298,24 @@ def stage_analysis(ctx: DemoContext) -> None:
     rep.add_table(table, caption="Cumulative/dynamic AUC (IPCW) on the test split")
     rep.add_figure(td_auc_figure(table), "Time-dependent AUROC of the survival models")
 
-    if "pvf" in ctx.test.columns:
+    if "risk_group" in ctx.test.columns:
+        rep.section("Kaplan-Meier by risk group", "km")
+        t_b, t_f = ctx.fitted["RiskGrouper"].thresholds_
+        rep.add_text(f"LL / LH / HIGH from the baseline (BpVF) and generated 10-year (GpVF) "
+                     f"image scores; cut-points chosen on the training split by maximally "
+                     f"selected log-rank statistics: BpVF {t_b:.3f}, GpVF {t_f:.3f}.")
+        _km_section(ctx, ctx.test["risk_group"].reset_index(drop=True))
+    elif "pvf" in ctx.test.columns:
         rep.section("Kaplan-Meier by baseline pVF", "km")
         cut = float(np.median(ctx.train["pvf"]))
-        rep.add_notice("LL/LH/HIGH risk groups need the generated (future) pVF score; until the "
-                       f"generator exists, groups are baseline pVF below / at or above the "
-                       f"training median ({cut:.3f}).")
-        groups = pd.Series(pd.Categorical(np.where(ctx.test["pvf"] >= cut, "high pVF", "low pVF"),
-                                          categories=["low pVF", "high pVF"], ordered=True))
-        if groups.nunique() > 1:
-            rep.add_figure(km_figure(ctx.y_test, groups, "test split"), "Kaplan-Meier curves")
-            pw, overall = logrank_tables(ctx.y_test, groups)
-            rep.add_table(overall, caption="Log-rank test (all groups)")
-            rep.add_table(pw, caption="Pairwise log-rank tests")
-        else:
-            rep.add_notice("every test patient falls in one pVF group: no curves to compare")
-        if hasattr(ctx, "pvf_auc"):
-            rep.add_text(f"pVF score AUROC for the true prevalent fracture label (test): "
-                         f"{ctx.pvf_auc:.3f}")
+        rep.add_notice(f"no generated score in this run: groups are baseline pVF below / at or "
+                       f"above the training median ({cut:.3f}).")
+        _km_section(ctx, pd.Series(pd.Categorical(
+            np.where(ctx.test["pvf"] >= cut, "high pVF", "low pVF"),
+            categories=["low pVF", "high pVF"], ordered=True)))
+    if hasattr(ctx, "pvf_auc"):
+        rep.add_text(f"pVF score AUROC for the true prevalent fracture label (test): "
+                     f"{ctx.pvf_auc:.3f}")
 
     rep.section("Cox hazard ratios", "hr")
     clinical = [c for c in _tabular_columns(ctx) if ctx.train[c].astype(float).std() > 0]
@@ -272,6 +324,10 @@ def stage_analysis(ctx: DemoContext) -> None:
     if "pvf" in ctx.train.columns:
         models["Clinical + pVF"] = [*clinical, "pvf"]
         terms.append("pvf")
+    if "risk_group" in ctx.train.columns:
+        groups = [c for c in ("risk_LH", "risk_HIGH") if ctx.train[c].std() > 0]
+        models["Clinical + pVF + risk group"] = [*models.get("Clinical + pVF", clinical), *groups]
+        terms.extend(groups)
     tables = cox_table(ctx.train, ctx.y_train, terms, models=models, penalizer=0.01)
     rep.add_table(format_cox_table(tables), caption=(
         "Hazard ratios (95% CI) on the training split, univariable and nested multivariable "
@@ -282,13 +338,18 @@ def stage_analysis(ctx: DemoContext) -> None:
 
     if "clinical_risk_score" in ctx.test.columns:
         rep.section("Clinical decision table", "decision")
-        high = (ctx.test["pvf"] >= 0.5).to_numpy() if "pvf" in ctx.test.columns else \
-            np.zeros(len(ctx.test), bool)
+        if "risk_group" in ctx.test.columns:
+            high = ctx.test["risk_group"].isin(["LH", "HIGH"]).to_numpy()
+            what = "the LH or HIGH risk group"
+        else:
+            high = (ctx.test["pvf"] >= 0.5).to_numpy() if "pvf" in ctx.test.columns else \
+                np.zeros(len(ctx.test), bool)
+            what = "a high pVF score"
         horizon = float(np.median(survival_arrays(ctx.y_test)[1]))
         rep.add_table(decision_table(ctx.y_test, horizon, ctx.test["clinical_risk_score"], 20.0,
                                      high),
                       caption=f"Fracture by {horizon:.1f} years: clinical risk score (FRAX "
-                              "stand-in) >= 20 % alone vs combined with a high pVF score")
+                              f"stand-in) >= 20 % alone vs combined with {what}")
 
 
 def stage_examples(ctx: DemoContext) -> None:
@@ -322,6 +383,67 @@ def stage_examples(ctx: DemoContext) -> None:
     rep.add_figure(fig, "Test patients: annotated keypoints (red) and the real follow-up image")
 
 
+def _futures_section(ctx: DemoContext) -> None:
+    """Generated 10-year images next to the baseline and the real follow-up, and the
+    Diff-X study's clinical fidelity check (generated vs real follow-up pVF)."""
+    import matplotlib.pyplot as plt
+
+    from fracsurv.io import load_image
+    from fracsurv.stratify import agreement_table, bland_altman_figure
+
+    rep, gen, scorer = ctx.report, ctx.fitted["DiffXGenerator"], ctx.fitted["PVFScorer (image)"]
+    rep.section("Generated future radiographs (DiffXGenerator)", "futures")
+    rows = ctx.test.head(3)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(7, 3.4 * len(rows)), squeeze=False)
+    for k, (_, row) in enumerate(rows.iterrows()):
+        futures = row["future_images"]
+        panels = [(row["image"], f"baseline, age {row['age']:.0f}"),
+                  (futures[0], f"generated +10 y, seed 0\nGpVF {row['gpvf']:.2f}"),
+                  (futures[1], "generated +10 y, seed 1"),
+                  (row.get("followup_image"), f"real follow-up, age {row['followup_age']:.0f}")]
+        for ax, (img, title) in zip(axes[k], panels, strict=True):
+            if img is not None and not (isinstance(img, float) and np.isnan(img)):
+                ax.imshow(load_image(img), cmap="gray")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    rep.add_figure(fig, "Baseline, two generated 10-year futures and the real follow-up")
+    sub = ctx.test.dropna(subset=["followup_age"]).head(12 if ctx.tiny else 60)
+    gen_scores, real = [], scorer.image_scores(list(sub["followup_image"]))
+    for _, row in sub.iterrows():
+        horizon = max(float(row["followup_age"] - row["age"]), 0.0)
+        imgs = gen.generate(row["image"], row["age"], row["sex"], [horizon])
+        gen_scores.append(float(np.mean(scorer.image_scores(list(imgs[0])))))
+    gen_scores = np.asarray(gen_scores)
+    rep.add_table(agreement_table({"GpVF at follow-up age vs pVF of the real follow-up":
+                                   (gen_scores, real)}),
+                  caption=f"Clinical fidelity on {len(sub)} test patients (the Diff-X study: "
+                          "r = 0.655, mean difference -0.06 ± 0.20)", floatfmt="{:.3f}")
+    rep.add_figure(bland_altman_figure(gen_scores, real, ("generated", "real follow-up")),
+                   "Generated vs real follow-up pVF: scatter and Bland-Altman")
+
+
+def _grad_cam_section(ctx: DemoContext) -> None:
+    from fracsurv.scoring.gradcam import grad_cam_figure
+
+    scorer = ctx.fitted["PVFScorer (image)"]
+    rows = pd.concat([ctx.test[ctx.test["prevalent_vf"] == 1].head(2),
+                      ctx.test[ctx.test["prevalent_vf"] == 0].head(2)])
+    images = list(rows["image"])
+    maps = scorer.grad_cam(images)
+    titles = [f"vf={int(v)}, BpVF {p:.2f}" for v, p in zip(rows["prevalent_vf"], rows["bpvf"],
+                                                             strict=True)]
+    ctx.report.section("Grad-CAM of the pVF scorer", "gradcam")
+    ctx.report.add_figure(grad_cam_figure(images, maps, titles=titles),
+                          "Where the full-image pVF scorer looks (Grad-CAM, last conv block)")
+
+
+def stage_explain(ctx: DemoContext) -> None:
+    if "PVFScorer (image)" in ctx.fitted:
+        _grad_cam_section(ctx)
+    if "DiffXGenerator" in ctx.fitted:
+        _futures_section(ctx)
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("cohort", stage_cohort),
     ("load images (DicomLoader)", stage_images),
@@ -332,4 +454,5 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("model comparison", stage_comparison),
     ("survival analysis", stage_analysis),
     ("examples", stage_examples),
+    ("Grad-CAM and generated futures", stage_explain),
 ]

@@ -11,13 +11,15 @@ def test_demo_writes_report_with_every_section(tmp_path, capsys, monkeypatch):
                  "--image-shape", "128x64"]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "SIMULATED DATA" in html
-    for anchor in ("cohort", "models", "td-auc", "km", "hr", "decision", "examples", "run"):
+    for anchor in ("cohort", "models", "td-auc", "km", "hr", "decision", "examples", "gradcam",
+                   "futures", "run"):
         assert f'id="{anchor}"' in html
     # every model row has a C-index with a CI, e.g. "0.712 (0.650-0.770)"
     assert len(re.findall(r"0\.\d{3} \(0\.\d{3}-0\.\d{3}\)", html)) >= 2
     assert "Oracle (true log-hazard)" in html
-    assert html.count("data:image/png;base64,") >= 3
+    assert html.count("data:image/png;base64,") >= 6
+    assert "Kaplan-Meier by risk group" in html and "Clinical fidelity" in html
     out = capsys.readouterr().out
-    assert "demo finished" in out
+    assert "demo finished" in out and "risk groups (test)" in out
     # components that do not exist yet are announced, never faked
-    assert "skipped: generated future radiographs" in out
+    assert "skipped: generated future radiographs" not in out

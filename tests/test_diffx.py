@@ -97,7 +97,7 @@ def test_seeds_are_reproducible_alone_and_differ(fitted, cohort):
     assert np.abs(both[:, 0] - both[:, 1]).max() > 1e-3
     refit = DiffXGenerator(**TINY).fit(cohort)
     np.testing.assert_allclose(refit.generate(img, age, "female", [1], seeds=[3]),
-                               alone[:1], atol=1e-5)
+                               alone[:1], atol=1e-4)
 
 
 def test_injection_is_active_exactly_in_the_configured_steps(fitted, cohort):
@@ -169,3 +169,17 @@ def test_bad_rows_are_named(fitted, cohort):
 def test_clone_keeps_parameters(fitted):
     c = clone(fitted)
     assert c.get_params() == fitted.get_params() and not hasattr(c, "module_")
+
+
+def test_batched_patients_equal_one_at_a_time(fitted, cohort):
+    imgs, ages = list(cohort["image"]), list(cohort["age"])
+    sexes, hs = list(cohort["sex"]), [[1.0, 5.0], [2.0, 5.0], [1.0, 10.0]]
+    many = fitted.generate_many(imgs, ages, sexes, hs, seeds=[0, 1])
+    for p in range(len(imgs)):
+        one = fitted.generate(imgs[p], ages[p], sexes[p], hs[p], seeds=[0, 1])
+        np.testing.assert_allclose(many[p], one, atol=1e-4)
+    gen = clone(fitted).set_params(generation_batch_size=1)
+    gen.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    a, b = gen.transform(cohort), fitted.transform(cohort)
+    np.testing.assert_allclose(np.stack(a["future_images"].iloc[2]),
+                               np.stack(b["future_images"].iloc[2]), atol=1e-4)

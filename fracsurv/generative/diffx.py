@@ -43,7 +43,8 @@ from fracsurv.nn.base import TorchEstimatorMixin
 __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 
 #: Ready-made sizes. ``"full"`` is the study's scale (needs a GPU); ``"cpu"``
-#: trains in minutes on 2 cores at 128 x 64; ``"tiny"`` is for tests.
+#: trains in minutes on 2 cores at 128 x 64; ``"demo"`` is what ``fracsurv demo``
+#: runs (64 x 32, 10-year horizon, 2 seeds); ``"tiny"`` is for tests.
 DIFFX_PRESETS: dict[str, dict[str, Any]] = {
     "full": {"image_size": (512, 512), "ae_channels": (64, 128, 256, 256),
              "unet_channels": (128, 256, 512, 512), "layers_per_block": 2,
@@ -53,6 +54,10 @@ DIFFX_PRESETS: dict[str, dict[str, Any]] = {
             "unet_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": 64,
             "attention_head_dim": 8, "n_inference_steps": 20, "ae_epochs": 8, "ldm_epochs": 15,
             "batch_size": 32, "lr": 5e-4},
+    "demo": {"image_size": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
+             "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
+             "n_inference_steps": 10, "ae_epochs": 6, "ldm_epochs": 12, "batch_size": 32,
+             "lr": 1e-3, "horizons": (10,), "n_seeds": 2},
     "tiny": {"image_size": (32, 16), "ae_channels": (8, 16), "latent_channels": 2,
              "unet_channels": (16, 16), "layers_per_block": 1, "cross_attention_dim": 16,
              "attention_head_dim": 8, "n_inference_steps": 6, "ae_epochs": 2, "ldm_epochs": 2,
@@ -159,6 +164,9 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
     prompt_dropout : float, default=0.1
         Probability of training LDM-2 on the empty prompt (for guidance).
     kl_weight : float, default=1e-6
+    generation_batch_size : int, default=64
+        Generated images per sampling batch in ``transform`` (patients are
+        batched together; classifier-free guidance doubles the UNet batch).
     cache_dir : str, optional
         Write generated images to this content-addressed cache and put
         references in ``future_images`` (else arrays).
@@ -192,7 +200,8 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
                  tau_f: float = 0.8, tau_attn: float = 0.5, injection_block: int = 1,
                  injection_layer: int = 1, ae_epochs: int = 100, ldm_epochs: int = 300,
                  lr: float = 1e-4, batch_size: int = 16, prompt_dropout: float = 0.1,
-                 kl_weight: float = 1e-6, cache_dir: str | None = None,
+                 kl_weight: float = 1e-6, generation_batch_size: int = 64,
+                 cache_dir: str | None = None,
                  output_shape: tuple[int, int] | None = None, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
                  verbose: int = 0) -> None:
@@ -226,6 +235,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         self.batch_size = batch_size
         self.prompt_dropout = prompt_dropout
         self.kl_weight = kl_weight
+        self.generation_batch_size = generation_batch_size
         self.cache_dir = cache_dir
         self.output_shape = output_shape
         self.device = device
@@ -378,24 +388,87 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         amp = self._amp_dtype()
         return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
-    def _encode_baseline(self, image: np.ndarray, age: float, sex: Any
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inverted noise z_T, low-res copy, LDM-1 prompt embedding) of a baseline, cached."""
+    def _encode_baselines(self, images: Sequence[np.ndarray], ages: Sequence[float],
+                          sexes: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inverted noise z_T, low-res copies, LDM-1 prompt embeddings) of baselines.
+
+        Inversions are cached per (image, age, sex, steps); the missing ones are
+        computed together in one batch.
+        """
         m, device = self.module_, self._device()
-        x = self._prep(image).to(device)
-        cond = m.text1([format_prompt(self.prompt_template, age, sex)])
+        x = torch.cat([self._prep(im) for im in images]).to(device)
+        cond = m.text1([format_prompt(self.prompt_template, a, s) for a, s in zip(ages, sexes,
+                                                                                 strict=True)])
         lowres = m.lowres(x)
-        key = hash_parts(x.cpu().numpy(), age, str(sex), int(self.n_inference_steps))
+        keys = [hash_parts(x[i].cpu().numpy(), float(ages[i]), str(sexes[i]),
+                           int(self.n_inference_steps)) for i in range(len(images))]
         cache = self.__dict__.setdefault("_inversions", {})
-        if key not in cache:
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if todo:
             _, inverse = make_schedulers(self.n_train_timesteps)
             inverse.set_timesteps(int(self.n_inference_steps))
-            z = m.encode(x)
+            z, low, c = m.encode(x[todo]), lowres[todo], cond[todo]
             for t in inverse.timesteps:
-                eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
+                eps = m.ldm1(torch.cat([z, low], 1), t, encoder_hidden_states=c).sample
                 z = inverse.step(eps.float(), t, z).prev_sample
-            cache[key] = z
-        return cache[key], lowres, cond
+            for j, i in enumerate(todo):
+                cache[keys[i]] = z[j:j + 1]
+        return torch.cat([cache[k] for k in keys]), lowres, cond
+
+    def generate_many(self, images: Sequence[Any], ages: Sequence[float], sexes: Sequence[Any],
+                      horizons: Sequence[Sequence[float]], seeds: Sequence[int] | None = None,
+                      inject: bool | None = None, return_injector: bool = False) -> Any:
+        """Future images of several patients in one batch.
+
+        Every patient needs the same number of horizons (their values may
+        differ) and baselines of one shape (or ``output_shape`` set). Returns an
+        array ``(n_patients, n_horizons, n_seeds, H, W)`` in [0, 1]; see
+        :meth:`generate` for the other parameters.
+        """
+        check_is_fitted(self, "module_")
+        seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
+        inject = self.inject if inject is None else bool(inject)
+        imgs = [load_image(im) for im in images]
+        n_h = {len(h) for h in horizons}
+        if len(n_h) != 1 or len(horizons) != len(imgs):
+            raise ValueError("generate_many needs one horizon list per image, all of one length")
+        shapes = {tuple(self.output_shape or im.shape[-2:]) for im in imgs}
+        if len(shapes) != 1:
+            raise ValueError(f"baselines of different shapes {sorted(shapes)}: set output_shape")
+        out_shape, n_h = shapes.pop(), n_h.pop()
+        m, device = self.module_.to(self._device()), self._device()
+        ddim, _ = make_schedulers(self.n_train_timesteps)
+        ddim.set_timesteps(int(self.n_inference_steps))
+        n_steps = len(ddim.timesteps)
+        n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
+        prompts = [format_prompt(self.prompt_template, float(a) + float(h), s)
+                   for a, s, hs in zip(ages, sexes, horizons, strict=True) for h in hs for _ in seeds]
+        k = n_h * len(seeds)  # generated images per patient
+        gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
+        injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
+                                   int(self.injection_layer), repeats=k)
+        with torch.inference_mode(), self._autocast(device):
+            z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
+            enc2 = torch.cat([m.text2.null_embedding(len(prompts)), m.text2(prompts)])
+            z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
+            with injector:
+                for i, t in enumerate(ddim.timesteps):
+                    with injector.record(i):
+                        eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
+                    z1 = ddim.step(eps1.float(), t, z1).prev_sample
+                    with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
+                        eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
+                    # the same noise for a seed whatever the batch: a (seed, horizon) is reproducible
+                    noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
+                    noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
+                    z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
+            x = torch.cat([m.decode(z2[j:j + 64]).float() for j in range(0, len(z2), 64)])
+        x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
+        arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
+                                                                 *out_shape)
+        return (arr, injector) if return_injector else arr
 
     def generate(self, image: Any, age: float, sex: Any, horizons: Sequence[float],
                  seeds: Sequence[int] | None = None, inject: bool | None = None,
@@ -418,42 +491,9 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
             Also return the :class:`FeatureInjector` (its ``log`` lists every
             replacement as ``(step, module)``).
         """
-        check_is_fitted(self, "module_")
-        seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
-        inject = self.inject if inject is None else bool(inject)
-        img = load_image(image)
-        out_shape = tuple(self.output_shape or img.shape[-2:])
-        m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
-        n_steps = len(ddim.timesteps)
-        n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
-        prompts = [format_prompt(self.prompt_template, age + float(h), sex)
-                   for h in horizons for _ in seeds]
-        k = len(prompts)
-        gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
-        with torch.inference_mode(), self._autocast(device):
-            z_t, lowres, cond1 = self._encode_baseline(img, float(age), sex)
-            enc2 = torch.cat([m.text2.null_embedding(k), m.text2(prompts)])
-            z1, z2 = z_t.clone(), z_t.expand(k, *z_t.shape[1:]).clone()
-            injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
-                                       int(self.injection_layer))
-            with injector:
-                for i, t in enumerate(ddim.timesteps):
-                    with injector.record(i):
-                        eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
-                    z1 = ddim.step(eps1.float(), t, z1).prev_sample
-                    with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
-                        eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
-                    eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
-                    noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
-                    noise = noise.repeat(len(horizons), 1, 1, 1).to(device)
-                    z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
-            x = m.decode(z2).float()
-        x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
-        arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(horizons), len(seeds), *out_shape)
-        return (arr, injector) if return_injector else arr
+        out = self.generate_many([image], [age], [sex], [list(horizons)], seeds=seeds,
+                                 inject=inject, return_injector=return_injector)
+        return (out[0][0], out[1]) if return_injector else out[0]
 
     def reconstruct(self, image: Any, age: float, sex: Any) -> np.ndarray:
         """LDM-1's reconstruction of ``image`` from its DDIM inversion, in [0, 1]."""
@@ -463,7 +503,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         ddim, _ = make_schedulers(self.n_train_timesteps)
         ddim.set_timesteps(int(self.n_inference_steps))
         with torch.inference_mode(), self._autocast(device):
-            z, lowres, cond = self._encode_baseline(img, float(age), sex)
+            z, lowres, cond = self._encode_baselines([img], [float(age)], [sex])
             for t in ddim.timesteps:
                 eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
                 z = ddim.step(eps.float(), t, z).prev_sample
@@ -488,22 +528,39 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
 
         The layout is what :class:`fracsurv.scoring.PVFScorer` with
         ``n_seeds=self.n_seeds`` aggregates (mean over seeds, max over horizons).
+        Rows are generated ``generation_batch_size // (horizons x seeds)`` at a time.
         """
         check_is_fitted(self, "module_")
         self._require_columns(X, [self.image_column, self.age_column, self.sex_column],
                               type(self).__name__)
         cache = ImageCache(self.cache_dir) if self.cache_dir else None
-        futures, horizons = [], []
+        futures: list[Any] = [None] * len(X)
+        horizons: list[Any] = [None] * len(X)
+        per_batch = max(1, int(self.generation_batch_size) // max(
+            1, len(self.horizons) * int(self.n_seeds)))
+        pending: dict[tuple, list] = {}
+
+        def flush(key: tuple) -> None:
+            rows = pending.pop(key)
+            arr = self.generate_many([r[1] for r in rows], [r[2] for r in rows],
+                                     [r[3] for r in rows], [r[4] for r in rows])
+            for (pos, *_), a in zip(rows, arr, strict=True):
+                flat = list(a.reshape(-1, *a.shape[2:]))
+                futures[pos] = [cache.put(f) for f in flat] if cache else flat
+
         for pos in range(len(X)):
             age, sex = self._row_age_sex(X, pos)
             img = self._row_image(X, pos, self.image_column)
             if img is None:
                 raise ValueError(f"{self.image_column}: {row_label(X, pos)} has no image")
             hs = self._row_horizons(X, pos, age)
-            arr = self.generate(img, age, sex, hs)
-            flat = list(arr.reshape(-1, *arr.shape[2:]))
-            futures.append([cache.put(a) for a in flat] if cache else flat)
-            horizons.append(hs)
+            horizons[pos] = hs
+            key = (len(hs), tuple(self.output_shape or img.shape[-2:]))
+            pending.setdefault(key, []).append((pos, img, age, sex, hs))
+            if len(pending[key]) >= per_batch:
+                flush(key)
+        for key in list(pending):
+            flush(key)
         out = X.copy()
         out["future_images"] = pd.Series(futures, index=X.index, dtype=object)
         out["future_horizons"] = pd.Series(horizons, index=X.index, dtype=object)

@@ -61,15 +61,22 @@ class FeatureInjector:
         Same architecture (the input channel count may differ).
     block, layer : int
         Decoder position (``up_blocks[block].resnets[layer]``).
+    repeats : int
+        Target samples per source sample: the source runs one baseline per
+        patient, the target ``repeats`` (horizons x seeds) per patient, each
+        block of them receiving its own patient's features (and again for the
+        unconditional half of classifier-free guidance).
 
     Use as a context manager (hooks are removed on exit). Call :meth:`record`
     around the source's forward pass, then :meth:`inject` around the target's,
     once per sampling step.
     """
 
-    def __init__(self, source: nn.Module, target: nn.Module, block: int, layer: int) -> None:
+    def __init__(self, source: nn.Module, target: nn.Module, block: int, layer: int,
+                 repeats: int = 1) -> None:
         self.features, self.attention = injection_points(target, block, layer)
         self.source, self.target = source, target
+        self.repeats = int(repeats)
         self.store: dict[str, torch.Tensor] = {}
         self.log: list[tuple[int, str]] = []
         self._mode: str | None = None
@@ -101,12 +108,13 @@ class FeatureInjector:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
             if self._mode != "inject" or name not in self._active:
                 return None
-            src = self.store[name]
-            if src.shape[1:] != output.shape[1:]:
+            src = self.store[name].repeat_interleave(self.repeats, dim=0)
+            if src.shape[1:] != output.shape[1:] or output.shape[0] % src.shape[0]:
                 raise RuntimeError(f"cannot inject {name}: shapes {tuple(src.shape)} and "
-                                   f"{tuple(output.shape)} differ")
+                                   f"{tuple(output.shape)} do not match")
             self.log.append((self._step, name))
-            return src.to(output.dtype).expand(output.shape[0], *src.shape[1:])
+            copies = output.shape[0] // src.shape[0]
+            return src.to(output.dtype).repeat(copies, *([1] * (src.dim() - 1)))
         return hook
 
     @contextlib.contextmanager
