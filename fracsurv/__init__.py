@@ -15,6 +15,7 @@ _EXPORTS = {
     "CropStacker": "fracsurv.vertebrae.crops",
     "DeepSurvRegressor": "fracsurv.survival.deepsurv",
     "DicomLoader": "fracsurv.io.loader",
+    "DiffXGenerator": "fracsurv.generative.diffx",
     "PVFScorer": "fracsurv.scoring.pvf",
     "RiskGrouper": "fracsurv.stratify.grouper",
     "cox_nll": "fracsurv.survival.loss",
