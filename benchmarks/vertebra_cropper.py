@@ -32,25 +32,13 @@ import time
 import numpy as np
 import torch
 from _common import write_json
-from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from fracsurv.datasets import make_spine_cohort
 from fracsurv.vertebrae import VertebraCropper
+from fracsurv.vertebrae.evaluation import match_vertebrae
 
 STUDY_HEIGHT = 1024
-
-
-def match(pred: list[dict], truth: list[dict]) -> list[tuple[int, int]]:
-    """One-to-one (pred, truth) pairs whose centres lie within half the true height."""
-    if not pred or not truth:
-        return []
-    pc = np.array([np.mean(v["points"], axis=0) for v in pred])
-    tp = np.array([v["points"] for v in truth], float)
-    th = np.linalg.norm(tp[:, :3] - tp[:, 3:], axis=-1).mean(axis=1)
-    d = np.linalg.norm(pc[:, None] - tp.mean(axis=1)[None], axis=-1)
-    r, c = linear_sum_assignment(d)
-    return [(int(i), int(j)) for i, j in zip(r, c) if d[i, j] < 0.5 * th[j]]
 
 
 def evaluate(out, frame, truth_vertebrae, mean_shape: np.ndarray, scale: float) -> dict:
@@ -60,7 +48,7 @@ def evaluate(out, frame, truth_vertebrae, mean_shape: np.ndarray, scale: float) 
     base = truth_vertebrae[truth_vertebrae["visit"] == 0]
     by_patient = {pid: t for pid, t in base.groupby("patient_id")}
     for pid, pv, tv in zip(frame["patient_id"], out["vertebrae"], frame["keypoints"]):
-        pairs = match(pv, tv)
+        pairs = match_vertebrae(pv, tv)
         tp, n_pred, n_true = tp + len(pairs), n_pred + len(pv), n_true + len(tv)
         grades = by_patient[pid]["grade"].to_numpy() if tv else np.zeros(0, int)
         matched = dict((j, i) for i, j in pairs)

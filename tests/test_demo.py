@@ -19,7 +19,11 @@ def test_demo_writes_report_with_every_section(tmp_path, capsys, monkeypatch):
     assert "Oracle (true log-hazard)" in html
     assert html.count("data:image/png;base64,") >= 6
     assert "Kaplan-Meier by risk group" in html and "Clinical fidelity" in html
+    # the learned cropper's detection table and the fusion model are in the report
+    assert "VertebraCropper (test split)" in html
+    assert "FusionSurvival (13 crops + clinical)" in html
     out = capsys.readouterr().out
     assert "demo finished" in out and "risk groups (test)" in out
+    assert "VertebraCropper trained on" in out
     # components that do not exist yet are announced, never faked
     assert "skipped: generated future radiographs" not in out

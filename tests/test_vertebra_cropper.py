@@ -237,3 +237,17 @@ def test_draw_vertebrae(transformed, cohorts):
     ax = fig.axes[0]
     assert len(ax.patches) == 2 * len(transformed["vertebrae"].iloc[0])  # outline + box each
     assert len(ax.texts) == len(transformed["vertebrae"].iloc[0])
+
+
+def test_detection_summary_on_hand_made_vertebrae():
+    from fracsurv.vertebrae.evaluation import detection_summary, match_vertebrae
+
+    box = np.array([[0, 0], [5, 0], [10, 0], [0, 10], [5, 10], [10, 10]], float)  # height 10
+    truth = [{"points": box}, {"points": box + np.array([0, 20])}]
+    near = {"points": box + np.array([1, 0])}  # 1 px off: matches the first
+    far = {"points": box + np.array([0, 45])}  # 25 px below the second: matches nothing
+    assert match_vertebrae([far, near], truth) == [(1, 0)]
+    s = detection_summary([[near, far]], [truth])
+    assert s["sensitivity"] == 0.5 and s["precision"] == 0.5
+    assert s["median_point_error_px"] == pytest.approx(1.0)
+    assert detection_summary([[]], [truth])["sensitivity"] == 0.0

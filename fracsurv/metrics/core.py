@@ -172,6 +172,34 @@ def time_dependent_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray
     return auc, float(mean)
 
 
+def evaluation_times(y_train: np.ndarray, y_test: np.ndarray, n: int = 8) -> np.ndarray:
+    """A grid of ``n`` times where IPCW AUC(t) and Brier(t) are estimable.
+
+    From the 10th percentile of the test event times (or the first test time)
+    to the 80th percentile, kept inside both follow-ups (scikit-survival needs
+    the times below the largest training time and inside the test range).
+
+    Parameters
+    ----------
+    y_train, y_test : structured ndarray
+    n : int
+        Number of times (at least 2).
+
+    Returns
+    -------
+    ndarray of shape (n,)
+    """
+    from fracsurv._base import survival_arrays
+
+    event, time = survival_arrays(y_test)
+    _, t_train = survival_arrays(y_train)
+    if not event.any():
+        raise ValueError("y_test holds no event: no time grid for AUC(t) or Brier(t)")
+    hi = min(np.percentile(time[event], 80), t_train.max(), time.max())
+    lo = max(np.percentile(time[event], 10), time.min())
+    return np.linspace(lo, hi * 0.999, max(int(n), 2))
+
+
 def mean_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray,
              times: Sequence[float]) -> float:
     """Mean cumulative/dynamic AUC over ``times`` (see :func:`time_dependent_auc`)."""
