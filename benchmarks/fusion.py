@@ -31,10 +31,12 @@ from _common import write_json
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"n_patients": 500, "image_shape": (128, 64), "crop_size": (24, 24),
             "image_input_shape": (96, 48), "backbone": "resnet10-tiny", "epochs": 12,
-            "batch_size": 32, "lr": 2e-3, "patience": 0, "validation_fraction": 0.15},
+            "batch_size": 32, "lr": 2e-3, "patience": 0, "validation_fraction": 0.15,
+            "alpha_grid": (0.4, 0.6, 0.8)},
     "full": {"n_patients": 2000, "image_shape": (512, 256), "crop_size": "auto",
              "image_input_shape": (512, 256), "backbone": "resnet50", "epochs": 60,
-             "batch_size": 32, "lr": 1e-4, "patience": 15, "validation_fraction": 0.15},
+             "batch_size": 32, "lr": 1e-4, "patience": 15, "validation_fraction": 0.15,
+             "alpha_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
 }
 
 VARIANTS = ("coxph", "deepsurv", "cds_image_only_full", "cds_intermediate_full",
@@ -64,6 +66,7 @@ def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, s
               "device": device, "random_state": seed}
     if fusion == "alpha":
         common["alpha"] = "search"
+        common["alpha_grid"] = tuple(cfg["alpha_grid"])
     if image_input == "full":
         common["input_shape"] = tuple(cfg["image_input_shape"])
         column = "image"
