@@ -97,7 +97,6 @@ def _summary(folds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    import torch
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     from fracsurv._base import survival_arrays
@@ -125,7 +124,6 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
     device = str(resolve_device(args.device))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     warnings.filterwarnings("ignore")
 
     t0 = time.perf_counter()
