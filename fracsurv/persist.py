@@ -49,6 +49,8 @@ def _json_value(value: Any) -> tuple[bool, Any]:
 
 
 def _from_json(value: Any) -> Any:
+    """Inverse of the JSON encoding here and in ``fracsurv.nn.base``: ``{"__tuple__": [...]}``
+    back to a tuple, lists stay lists."""
     if isinstance(value, dict):
         if set(value) == {"__tuple__"}:
             return tuple(_from_json(v) for v in value["__tuple__"])

@@ -243,11 +243,6 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         self.random_state = random_state
         self.verbose = verbose
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.random_state is None
-        return tags
-
     # -- checks and data ---------------------------------------------------
     def _check_params(self) -> None:
         if "{age}" not in self.prompt_template or "{sex}" not in self.prompt_template:

@@ -97,15 +97,12 @@ class _Net(skorch.NeuralNet):
         return super().get_loss(y_pred, y_true, X=X, training=training)
 
 
-def _jsonable(value: Any, mark_tuples: bool = False) -> Any:
-    """JSON-able copy of ``value``; with ``mark_tuples`` tuples become ``{"__tuple__": [...]}``
-    so that :func:`_from_json` gives back exactly the parameters that were saved."""
-    if isinstance(value, tuple) and mark_tuples:
-        return {"__tuple__": [_jsonable(v, True) for v in value]}
+def _jsonable(value: Any) -> Any:
+    """JSON-able copy of fitted metadata (tuples become lists)."""
     if isinstance(value, tuple | list):
-        return [_jsonable(v, mark_tuples) for v in value]
+        return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, mark_tuples) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, bool | int | float | str):
@@ -113,19 +110,27 @@ def _jsonable(value: Any, mark_tuples: bool = False) -> Any:
     raise TypeError(f"parameter value of type {type(value).__name__} cannot be saved as JSON")
 
 
-def _from_json(value: Any) -> Any:
-    """Inverse of ``_jsonable(value, mark_tuples=True)``."""
-    if isinstance(value, dict):
-        if set(value) == {"__tuple__"}:
-            return tuple(_from_json(v) for v in value["__tuple__"])
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
+def _params_json(params: dict[str, Any]) -> dict[str, Any]:
+    """Constructor parameters in the tuple-tagged JSON form of :mod:`fracsurv.persist`,
+    so that loading gives back exactly the parameters that were saved."""
+    from fracsurv.persist import _json_value
+
+    encoded = {}
+    for name, value in params.items():
+        ok, encoded[name] = _json_value(value)
+        if not ok:
+            raise TypeError(f"parameter {name!r} of type {type(value).__name__} cannot be "
+                            "saved as JSON")
+    return encoded
 
 
 class TorchEstimatorMixin:
     """Shared machinery for fracsurv's torch estimators (see module docstring)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.non_deterministic = getattr(self, "random_state", None) is None
+        return tags
 
     # -- configuration -------------------------------------------------
     def _hp(self, name: str) -> Any:
@@ -289,7 +294,7 @@ class TorchEstimatorMixin:
         config = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "fracsurv_version": fracsurv.__version__,
-            "params": _jsonable(self.get_params(deep=False), mark_tuples=True),  # type: ignore[attr-defined]
+            "params": _params_json(self.get_params(deep=False)),  # type: ignore[attr-defined]
             "meta": _jsonable(meta),
         }
         (path / "config.json").write_text(json.dumps(config, indent=2))
@@ -318,6 +323,8 @@ def load_model(path: str | Path) -> Any:
     if not mod_name.startswith(_SAFE_MODULE_PREFIX):
         raise ValueError(f"refusing to load class {qualname!r}: not a fracsurv estimator")
     cls = getattr(importlib.import_module(mod_name), cls_name)
+    from fracsurv.persist import _from_json
+
     params = _from_json(config["params"])
     est = cls(**params)
     tensors = load_file(str(path / "weights.safetensors"))

@@ -193,7 +193,6 @@ patience, device, precision, random_state, verbose
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.target_tags.required = False
-        tags.non_deterministic = self.random_state is None
         return tags
 
     # -- validation ------------------------------------------------------

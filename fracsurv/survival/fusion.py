@@ -284,7 +284,6 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.target_tags.required = True
-        tags.non_deterministic = self.random_state is None
         return tags
 
     def _hp(self, name: str) -> Any:

@@ -251,11 +251,6 @@ patience, device, precision, random_state, verbose
         self.random_state = random_state
         self.verbose = verbose
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.random_state is None
-        return tags
-
     # -- validation ------------------------------------------------------
     def _shape(self) -> tuple[int, int]:
         shape = tuple(int(s) for s in self.input_shape)
