@@ -14,6 +14,11 @@ metrics on the hold-out from a model refitted on the 90 %. The oracle C-index
 ``--preset cpu`` (default) is the reduced configuration sized for 2 CPU cores
 (a narrow ResNet-10 and a small ViT, small images, few epochs); ``--preset full``
 is the study-like configuration (ResNet-50, larger images) for a GPU.
+``--preset cpu-crops`` is a CPU configuration of the crop variants built on what
+``benchmarks/pvf_scorer.py`` measured to find fractures on a CPU: larger
+radiographs, crops scaled to fill their window (``resize="fill"``), one encoder
+shared by the crops, and the prevalent-fracture label as an auxiliary target of
+the image branch (``aux_column``).
 
 Run: ``python benchmarks/fusion.py [--preset cpu|full] [--variants a,b,...]``.
 """
@@ -37,6 +42,12 @@ PRESETS: dict[str, dict[str, Any]] = {
              "image_input_shape": (512, 256), "backbone": "resnet50", "epochs": 60,
              "batch_size": 32, "lr": 1e-4, "patience": 15, "validation_fraction": 0.15,
              "alpha_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
+    "cpu-crops": {"n_patients": 1000, "image_shape": (512, 256), "crop_size": (32, 32),
+                  "crop_resize": "fill", "crop_encoder": "shared", "aux_column": "prevalent_vf",
+                  "backbone": "resnet10-tiny", "epochs": 12, "batch_size": 32, "lr": 2e-3,
+                  "patience": 0, "validation_fraction": 0.15, "alpha_grid": (0.4, 0.6, 0.8),
+                  "variants": ("coxph", "deepsurv", "cds_image_only_crops",
+                               "cds_intermediate_crops", "cds_late_crops", "cds_alpha_crops")},
 }
 
 VARIANTS = ("coxph", "deepsurv", "cds_image_only_full", "cds_intermediate_full",
@@ -67,12 +78,17 @@ def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, s
     if fusion == "alpha":
         common["alpha"] = "search"
         common["alpha_grid"] = tuple(cfg["alpha_grid"])
+    extra: list[str] = []
     if image_input == "full":
-        common["input_shape"] = tuple(cfg["image_input_shape"])
+        common["input_shape"] = tuple(cfg.get("image_input_shape", cfg["image_shape"]))
         column = "image"
     else:
         column = "crops"
-    return FusionSurvival(**common), [column, *clinical]
+        common["crop_encoder"] = cfg.get("crop_encoder", "channels")
+    if cfg.get("aux_column"):
+        common["aux_column"] = cfg["aux_column"]
+        extra = [cfg["aux_column"]]
+    return FusionSurvival(**common), [column, *clinical, *extra]
 
 
 def _survival_at(model, X, times: np.ndarray) -> np.ndarray:
@@ -107,7 +123,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=None, help="default: the preset's, else all")
     ap.add_argument("--n-patients", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--device", default="auto")
@@ -119,7 +135,9 @@ def main() -> None:
         cfg["n_patients"] = args.n_patients
     if args.epochs:
         cfg["epochs"] = args.epochs
-    variants = [v for v in args.variants.split(",") if v]
+    variants = ([v for v in args.variants.split(",") if v] if args.variants
+                else list(cfg.pop("variants", VARIANTS)))
+    cfg.pop("variants", None)
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
@@ -128,8 +146,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     cohort = make_spine_cohort(cfg["n_patients"], image_shape=tuple(cfg["image_shape"]),
-                               n_followups=0, random_state=args.seed + 11, dicom=False)
-    X = CropStacker(crop_size=cfg["crop_size"]).fit_transform(cohort.frame)
+                               n_followups=0, random_state=args.seed + 11, dicom=False,
+                               n_jobs=2)
+    X = CropStacker(crop_size=cfg["crop_size"],
+                    resize=cfg.get("crop_resize", "shrink")).fit_transform(cohort.frame)
     y, oracle = cohort.target, np.asarray(cohort.truth.log_hazard, float)
     clinical = list(cohort.clinical_columns)
     t_data = time.perf_counter() - t0
@@ -183,7 +203,7 @@ def main() -> None:
         }
         print(f"best multimodal {best}: {ratio:.3f} of the oracle C; gain over {best_clin} "
               f"{gain:+.3f} (CV spread {spread:.3f})")
-    write_json(f"fusion_{args.preset}", {
+    write_json(f"fusion_{args.preset.replace('-', '_')}", {
         "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                      "preset": args.preset, "device": device, "seed": args.seed,
                      "cohort_random_state": args.seed + 11, "holdout_fraction": 0.1,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fracsurv.vertebrae.crops import CropStacker, crop_stack, select_boxes
 
@@ -39,6 +40,19 @@ def test_crop_stack_pads_and_shrinks():
     # first crop (10x10) centred: its top-left pixel is img[10, 5]
     assert stack[0][5, 3] == img[10, 5]
     assert (stack[2] > 0).sum() > 0 and stack[2].max() <= img.max()
+
+
+def test_crop_stack_fill_scales_every_crop_to_touch_the_border():
+    img = np.ones((100, 50), np.float32)
+    small, big = np.array([5, 10, 15, 20]), np.array([0, 0, 40, 80])  # 10x10 and 80x40 (h x w)
+    shrink = crop_stack(img, [small, big], (20, 16))
+    fill = crop_stack(img, [small, big], (20, 16), resize="fill")
+    assert (shrink[0] > 0).sum() == 100  # kept at its 10 x 10 pixels
+    assert (fill[0] > 0).sum() == 16 * 16  # enlarged until its width touches the border
+    # a crop larger than crop_size is shrunk the same way by both rules (aspect kept: 20 x 10)
+    assert (shrink[1] > 0).sum() == (fill[1] > 0).sum() == 20 * 10
+    with pytest.raises(ValueError, match="resize"):
+        crop_stack(img, [small], (20, 16), resize="stretch")
 
 
 def test_transformer_on_cohort():

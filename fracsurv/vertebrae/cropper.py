@@ -193,6 +193,9 @@ class VertebraCropper(TorchEstimatorMixin, FrameTransformerMixin, TransformerMix
         :func:`~fracsurv.vertebrae.genant.grade_vertebrae`).
     n_crops, crop_size, max_box_height, gap_factor, margin, cache_dir
         The crop stack, exactly as :class:`~fracsurv.vertebrae.crops.CropStacker`.
+    crop_resize : {"shrink", "fill"}, default="shrink"
+        ``CropStacker``'s ``resize``: keep each vertebra's pixel size (the study) or
+        scale every crop to fill ``crop_size`` (for a shared per-crop encoder).
     augment : bool, default=True
         Random mirror, shift, gamma, contrast and noise while training.
     optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
@@ -214,8 +217,8 @@ patience, device, precision, random_state, verbose
                  sigma: float = 1.0, detection_threshold: float = 0.3,
                  first_graded_level: str = "T4", use_neighbours: bool = True,
                  n_crops: int = 13, crop_size: Any = "auto", max_box_height: Any = "auto",
-                 gap_factor: float = 1.5, margin: float = 0.15, cache_dir: str | None = None,
-                 augment: bool = True, optimizer: str = "adam", lr: float = 2e-3,
+                 gap_factor: float = 1.5, margin: float = 0.15, crop_resize: str = "shrink",
+                 cache_dir: str | None = None, augment: bool = True, optimizer: str = "adam", lr: float = 2e-3,
                  weight_decay: float = 1e-4, batch_size: int = 8, max_epochs: int = 60,
                  validation_fraction: float = 0.1, patience: int = 12, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
@@ -237,6 +240,7 @@ patience, device, precision, random_state, verbose
         self.max_box_height = max_box_height
         self.gap_factor = gap_factor
         self.margin = margin
+        self.crop_resize = crop_resize
         self.cache_dir = cache_dir
         self.augment = augment
         self.optimizer = optimizer
@@ -354,7 +358,7 @@ patience, device, precision, random_state, verbose
     def _stacker(self) -> CropStacker:
         return CropStacker(n_crops=self.n_crops, crop_size=self.crop_size,
                            max_box_height=self.max_box_height, gap_factor=self.gap_factor,
-                           margin=self.margin)
+                           margin=self.margin, resize=self.crop_resize)
 
     def _network_input(self, img: np.ndarray) -> torch.Tensor:
         return _normalise(to_chw(img, self._shape()))

@@ -8,7 +8,10 @@ Rules (the study's section 3.1.6, made parametric):
    box centres exceeds ``gap_factor`` x the median gap (one slot per missing
    vertebra); any still missing are appended at the bottom;
 4. every crop is padded (centred, zeros) to ``crop_size``; a crop larger than that
-   is first shrunk to fit, keeping its aspect ratio.
+   is first shrunk to fit, keeping its aspect ratio (``resize="shrink"``, the study's
+   rule). ``resize="fill"`` also enlarges smaller crops until they touch the crop's
+   border, so every vertebra fills the same number of pixels whatever the field of
+   view (what a shared per-crop encoder wants).
 
 Sizes default to the study's (272 x 230 crops, 230 px maximum box height, for
 1024 x 512 images) scaled to the image at hand.
@@ -68,9 +71,16 @@ def select_boxes(boxes: np.ndarray, n_crops: int = 13, max_box_height: float = n
 
 
 def crop_stack(image: np.ndarray, slots: list[np.ndarray | None],
-               crop_size: tuple[int, int]) -> np.ndarray:
-    """Rule 4: an ``(N, h, w)`` float32 stack, empty slots as zeros."""
-    from skimage.transform import resize
+               crop_size: tuple[int, int], resize: str = "shrink") -> np.ndarray:
+    """Rule 4: an ``(N, h, w)`` float32 stack, empty slots as zeros.
+
+    ``resize="shrink"`` only shrinks crops larger than ``crop_size``; ``"fill"``
+    resizes every crop (aspect ratio kept) to touch the crop's border.
+    """
+    from skimage.transform import resize as sk_resize
+
+    if resize not in ("shrink", "fill"):
+        raise ValueError(f"resize must be 'shrink' or 'fill', got {resize!r}")
 
     h, w = crop_size
     out = np.zeros((len(slots), h, w), np.float32)
@@ -84,9 +94,9 @@ def crop_stack(image: np.ndarray, slots: list[np.ndarray | None],
             continue
         crop = image[y0:y1, x0:x1]
         ch, cw = crop.shape
-        scale = min(1.0, h / ch, w / cw)
-        if scale < 1.0:
-            crop = resize(crop, (max(1, int(ch * scale)), max(1, int(cw * scale))),
+        scale = min(h / ch, w / cw) if resize == "fill" else min(1.0, h / ch, w / cw)
+        if scale != 1.0:
+            crop = sk_resize(crop, (max(1, int(ch * scale)), max(1, int(cw * scale))),
                           anti_aliasing=True, preserve_range=True)
             ch, cw = crop.shape
         top, left = (h - ch) // 2, (w - cw) // 2
@@ -112,13 +122,17 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     gap_factor : float, default=1.5
     margin : float, default=0.15
         Box margin around the keypoints, as a fraction of the box size.
+    resize : {"shrink", "fill"}, default="shrink"
+        ``"shrink"`` (the study) keeps each vertebra at its pixel size, shrinking only
+        crops larger than ``crop_size``; ``"fill"`` resizes every crop to fill
+        ``crop_size`` (aspect ratio kept).
     cache_dir : path, optional
     """
 
     def __init__(self, keypoints_column: str = "keypoints", image_column: str = "image",
                  output_column: str = "crops", n_crops: int = 13, crop_size: Any = "auto",
                  max_box_height: Any = "auto", gap_factor: float = 1.5, margin: float = 0.15,
-                 cache_dir: str | None = None) -> None:
+                 resize: str = "shrink", cache_dir: str | None = None) -> None:
         self.keypoints_column = keypoints_column
         self.image_column = image_column
         self.output_column = output_column
@@ -127,6 +141,7 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         self.max_box_height = max_box_height
         self.gap_factor = gap_factor
         self.margin = margin
+        self.resize = resize
         self.cache_dir = cache_dir
 
     def __sklearn_tags__(self):
@@ -156,7 +171,8 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         size, hmax = self._sizes(image.shape)
         boxes = np.array([box_from_points(np.asarray(v["points"]), self.margin)
                           for v in vertebrae]).reshape(-1, 4)
-        return crop_stack(image, select_boxes(boxes, self.n_crops, hmax, self.gap_factor), size)
+        return crop_stack(image, select_boxes(boxes, self.n_crops, hmax, self.gap_factor), size,
+                          self.resize)
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Add the crop stacks (see class docstring)."""
