@@ -34,3 +34,19 @@ def write_json(name: str, payload: dict[str, Any], out: str | Path | None = None
     path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"wrote {path}")
     return path
+
+
+def cpu_cropper(**overrides: Any):
+    """A ``VertebraCropper`` with the CPU settings its benchmark reached its detection targets with.
+
+    (``benchmarks/vertebra_cropper.py --channels 8,16,32,64 --window 64x96 --lr 5e-3
+    --epochs 30``; no early stopping.) Keyword arguments override any parameter.
+    """
+    from fracsurv.vertebrae import VertebraCropper
+
+    epochs = overrides.pop("max_epochs", 30)
+    params: dict[str, Any] = {
+        "input_shape": (256, 128), "channels": (8, 16, 32, 64), "num_res_units": 0,
+        "train_window": (64, 96), "lr": 5e-3, "batch_size": 8, "max_epochs": epochs,
+        "validation_fraction": 0.1, "patience": epochs, "device": "cpu", "random_state": 0}
+    return VertebraCropper(**{**params, **overrides})

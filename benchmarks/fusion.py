@@ -135,9 +135,8 @@ def main() -> None:
         cfg["n_patients"] = args.n_patients
     if args.epochs:
         cfg["epochs"] = args.epochs
-    variants = ([v for v in args.variants.split(",") if v] if args.variants
-                else list(cfg.pop("variants", VARIANTS)))
-    cfg.pop("variants", None)
+    preset_variants = cfg.pop("variants", VARIANTS)
+    variants = [v for v in (args.variants or ",".join(preset_variants)).split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, write_json
+from _common import RESULTS, cpu_cropper, write_json
 
 
 def _calibration(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
@@ -56,14 +56,9 @@ def _cropper(train, test, epochs: int, stacker_kw: dict) -> tuple[dict, object, 
     """
     from sklearn.metrics import roc_auc_score
 
-    from fracsurv.vertebrae import VertebraCropper
-
     t0 = time.perf_counter()
-    cropper = VertebraCropper(input_shape=(256, 128), channels=(8, 16, 32, 64), num_res_units=0,
-                              train_window=(64, 96), lr=5e-3, batch_size=8, max_epochs=epochs,
-                              validation_fraction=0.1, patience=epochs, device="cpu",
-                              random_state=0, n_crops=stacker_kw["n_crops"],
-                              crop_size=stacker_kw["crop_size"], crop_resize="fill")
+    cropper = cpu_cropper(max_epochs=epochs, n_crops=stacker_kw["n_crops"],
+                          crop_size=stacker_kw["crop_size"], crop_resize="fill")
     cropper.fit(train)
     fit_s = time.perf_counter() - t0
     out = cropper.transform(test)

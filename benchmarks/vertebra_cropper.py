@@ -31,11 +31,10 @@ import time
 
 import numpy as np
 import torch
-from _common import write_json
+from _common import cpu_cropper, write_json
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from fracsurv.datasets import make_spine_cohort
-from fracsurv.vertebrae import VertebraCropper
 from fracsurv.vertebrae.evaluation import match_vertebrae
 
 STUDY_HEIGHT = 1024
@@ -110,10 +109,8 @@ def main() -> None:
     test = make_spine_cohort(args.n_test, image_shape=shape, random_state=1, dicom=False,
                              n_followups=0)
     t_data = time.perf_counter() - t0
-    model = VertebraCropper(input_shape=shape, channels=tuple(int(c) for c in args.channels.split(",")),
-                            num_res_units=0, train_window=window, lr=args.lr, batch_size=8,
-                            max_epochs=args.epochs, validation_fraction=0.1, patience=args.epochs,
-                            device="cpu", random_state=0, verbose=1)
+    model = cpu_cropper(input_shape=shape, channels=tuple(int(c) for c in args.channels.split(",")),
+                        train_window=window, lr=args.lr, max_epochs=args.epochs, verbose=1)
     t0 = time.perf_counter()
     model.fit(train.frame)
     t_fit = time.perf_counter() - t0
