@@ -4,7 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fracsurv.vertebrae.crops import CropStacker, crop_stack, select_boxes
+from fracsurv.vertebrae.crops import (
+    CropStacker,
+    crop_stack,
+    select_boxes,
+    select_slots,
+    vertebra_grades,
+)
 
 
 def boxes(centres, h=10.0):
@@ -66,3 +72,33 @@ def test_transformer_on_cohort():
     assert ((stack.reshape(13, -1).max(axis=1) > 0).sum()) == min(n, 13)
     empty = CropStacker().fit_transform(pd.DataFrame({"image": [np.ones((256, 128))], "keypoints": [[]]}))
     assert (empty["crops"][0] == 0).all() and empty["n_vertebrae_cropped"][0] == 0
+
+
+def test_slot_indices_follow_the_boxes():
+    b = boxes([50, 10, 30, 110])
+    slots = select_slots(b, n_crops=5, gap_factor=1.5)
+    # sorted top to bottom: 10 (index 1), 30 (2), 50 (0), a gap of three medians, 110 (3)
+    assert slots == [1, 2, 0, None, 3]
+    assert [None if s is None else int(s) for s in slots] == [
+        None if s is None else int(np.flatnonzero((b == s).all(axis=1))[0])
+        for s in select_boxes(b, n_crops=5)]
+
+
+def test_grades_column_is_the_genant_grade_of_each_slot():
+    from fracsurv.datasets import make_spine_cohort
+
+    c = make_spine_cohort(40, image_shape=(128, 64), n_followups=0, random_state=5, dicom=False)
+    out = CropStacker(n_crops=18, crop_size=(12, 12), resize="fill",
+                      grades_column="crop_grades").fit_transform(c.frame)
+    truth = c.truth.vertebrae
+    for pid, grades, stack in zip(c.frame["patient_id"], out["crop_grades"], out["crops"]):
+        present = stack.reshape(18, -1).max(axis=1) > 0
+        assert grades.shape == (18,)
+        assert np.isnan(grades[~present]).all() and np.isfinite(grades[present]).all()
+        t = truth[(truth["patient_id"] == pid) & (truth["visit"] == 0)]
+        # 18 slots hold every visible vertebra: the grades are the cohort's labels, in order
+        np.testing.assert_array_equal(grades[present], t["grade"].to_numpy(float))
+    # a vertebra list that carries its grades (a detector's output) is used as given
+    kps = [{**v, "grade": 3} for v in c.frame["keypoints"][0]]
+    assert (vertebra_grades(kps) == 3).all()
+    assert vertebra_grades([]).shape == (0,)

@@ -26,6 +26,7 @@ from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import default_cam_layer, make_backbone
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import ImageDataset, to_chw
+from fracsurv.nn.pooling import crops_present, pool_crops
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
 from fracsurv.scoring.gradcam import grad_cam_maps
 
@@ -54,9 +55,7 @@ class _Classifier(nn.Module):
             return self.head(self.backbone(x))
         b, c, h, w = x.shape
         logits = self.head(self.backbone(x.reshape(b * c, 1, h, w))).reshape(b, c)
-        present = x.reshape(b, c, -1).abs().amax(-1) > 0
-        logits = logits.masked_fill(~present, -30.0)
-        return logits.amax(dim=1, keepdim=True)
+        return pool_crops(logits, crops_present(x), "max", empty=-30.0)[:, None]
 
 
 class _BCE(nn.Module):

@@ -15,6 +15,7 @@ from torch import nn
 
 from fracsurv.nn.backbones import make_backbone
 from fracsurv.nn.mlp import make_mlp
+from fracsurv.nn.pooling import crops_present, pool_crops
 from fracsurv.survival.loss import cox_nll
 
 __all__ = ["FUSIONS", "STAGES", "FusionCoxLoss", "FusionNet"]
@@ -56,29 +57,71 @@ class _ImageBranch(nn.Module):
     ``shared=False`` (the study): the ``in_channels`` crops (or the radiograph)
     enter one backbone whose first convolution is built for ``in_channels``.
     ``shared=True``: one single-channel backbone encodes every crop and the
-    features are max-pooled over the non-empty crops (a fracture in any
-    vertebra, wherever the stack places it).
+    features are pooled over the non-empty crops (``pool``, see
+    :func:`fracsurv.nn.pooling.pool_crops`): ``"max"``, a fracture in any
+    vertebra wherever the stack places it; ``"sum"``, a risk that adds up over
+    vertebrae as the spinal deformity index does (the linear risk head commutes
+    with the sum, so the image risk is a sum of per-vertebra risks).
     """
 
     def __init__(self, backbone: str, in_channels: int, shape: tuple[int, int],
-                 shared: bool = False) -> None:
+                 shared: bool = False, pool: str = "max") -> None:
         super().__init__()
         self.shared = shared
+        self.pool = pool
         self.backbone, self.n_features = make_backbone(backbone, 1 if shared else in_channels,
                                                        shape)
         self.head = nn.Linear(self.n_features, 1, bias=False)
 
+    def encode(self, x: torch.Tensor
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Pooled features, and (per-crop features, presence mask) for shared encoders."""
+        if not self.shared:
+            return self.backbone(x), None
+        b, c, h, w = x.shape
+        per_crop = self.backbone(x.reshape(b * c, 1, h, w)).reshape(b, c, -1)
+        present = crops_present(x)
+        return pool_crops(per_crop, present, self.pool), (per_crop, present)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, risk)."""
-        if not self.shared:
-            feats = self.backbone(x)
-        else:
-            b, c, h, w = x.shape
-            per_crop = self.backbone(x.reshape(b * c, 1, h, w)).reshape(b, c, -1)
-            present = (x.reshape(b, c, -1).abs().amax(-1) > 0)[..., None]
-            feats = per_crop.masked_fill(~present, float("-inf")).amax(dim=1)
-            feats = torch.where(torch.isfinite(feats), feats, torch.zeros_like(feats))
+        feats = self.encode(x)[0]
         return feats, self.head(feats)
+
+
+class _AuxHead(nn.Module):
+    """Auxiliary image head: K ordinal logits, and what the image risk reads of them.
+
+    ``logits`` scores ``label >= k`` for ``k = 1 .. K`` (per crop, or per row);
+    ``risk`` is a linear Cox term on their summary: the expected number of
+    vertebrae at or above each grade (per-crop labels: with Genant grades, the
+    expected fracture count and, summed over k, the expected spinal deformity
+    index) or the per-row probabilities. The Cox loss then only has to weigh a
+    few strong, interpretable image signals instead of finding them among the
+    backbone's features.
+    """
+
+    def __init__(self, n_features: int, levels: int, per_crop: bool) -> None:
+        super().__init__()
+        self.per_crop = per_crop
+        self.logits = nn.Linear(n_features, levels)
+        self.risk = nn.Linear(levels, 1, bias=False)
+        with torch.no_grad():
+            self.risk.weight.zero_()  # starts as the backbone's own risk
+
+    def forward(self, feats: torch.Tensor,
+                per_crop: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of shape (B, L, K), summary of shape (B, K))."""
+        if per_crop is None:
+            logits = self.logits(feats)[:, None, :]
+            return logits, torch.sigmoid(logits[:, 0])
+        crop_logits = self.logits(per_crop[0])  # (B, N, K)
+        present = per_crop[1]
+        if self.per_crop:
+            return crop_logits, pool_crops(torch.sigmoid(crop_logits), present, "sum")
+        logits = pool_crops(crop_logits, present, "max", empty=-30.0)[:, None, :]
+        return logits, torch.sigmoid(logits[:, 0])
 
 
 class FusionNet(nn.Module):
@@ -102,23 +145,35 @@ class FusionNet(nn.Module):
     alpha : float
         Weight of the clinical risk for ``fusion="alpha"``.
     linear_skip : bool
-    aux : bool
-        Add a logit head on the image features for an auxiliary 0/1 label.
+    aux_levels : int
+        Logits of the auxiliary image head (0 = none): one per ordinal threshold
+        ``label >= k``, ``k = 1 .. aux_levels`` (1 for a 0/1 label, 3 for Genant
+        grades).
+    aux_per_crop : bool
+        The auxiliary label is given per crop (shared encoders): the head scores
+        every crop. Otherwise one label per row: with a shared encoder its logits
+        are the maximum over the present crops (any vertebra), else the head
+        reads the image features.
     shared_crops : bool
         One single-channel encoder shared by the crops (see :class:`_ImageBranch`).
+    crop_pool : {"max", "sum", "mean"}
+        Pooling of a shared encoder's per-crop features.
     """
 
     def __init__(self, fusion: str, backbone: str, in_channels: int, shape: tuple[int, int],
                  n_tab: int, tab_hidden: tuple[int, ...] = (64, 128), dropout: float = 0.1,
-                 alpha: float = 0.8, linear_skip: bool = True, aux: bool = False,
-                 shared_crops: bool = False) -> None:
+                 alpha: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
+                 aux_per_crop: bool = False, shared_crops: bool = False,
+                 crop_pool: str = "max") -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.fusion = fusion
         self.stage = "fusion"
         self.frozen: tuple[str, ...] = ()
-        self.image = _ImageBranch(backbone, in_channels, shape, shared_crops)
+        if aux_per_crop and not shared_crops:
+            raise ValueError("a per-crop auxiliary label needs the shared crop encoder")
+        self.image = _ImageBranch(backbone, in_channels, shape, shared_crops, crop_pool)
         self.tabular = (_TabularBranch(n_tab, tuple(tab_hidden), dropout, linear_skip)
                         if fusion != "image_only" else None)
         self.register_buffer("alpha", torch.tensor(float(alpha)))
@@ -132,15 +187,19 @@ class FusionNet(nn.Module):
             self.fuse = nn.Linear(2, 1, bias=False)
             with torch.no_grad():  # start as the plain sum of the two risks
                 self.fuse.weight.fill_(1.0)
-        self.aux_head = nn.Linear(self.image.n_features, 1) if aux else None
+        self.aux_head = (_AuxHead(self.image.n_features, int(aux_levels), bool(aux_per_crop))
+                         if aux_levels else None)
 
     # -- freezing --------------------------------------------------------------
     def freeze(self, parts: tuple[str, ...]) -> None:
         """Freeze the named sub-modules (``"image"``, ``"tabular"``); unfreeze the rest.
 
         Frozen parts also stay in eval mode during training (BatchNorm statistics
-        and dropout of a pre-trained sub-model must not change).
+        and dropout of a pre-trained sub-model must not change). The auxiliary
+        head belongs to the image sub-model: freezing ``"image"`` freezes it too.
         """
+        if "image" in parts and "aux_head" not in parts:
+            parts = (*parts, "aux_head")
         self.frozen = tuple(parts)
         for name in ("image", "tabular", "fuse", "aux_head"):
             part = getattr(self, name)
@@ -159,35 +218,56 @@ class FusionNet(nn.Module):
     # -- forward ---------------------------------------------------------------
     def forward(self, image: torch.Tensor, tabular: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Risk of shape (B, 1); in training with an aux head, (risk, aux logit)."""
-        risk, img_feats = self._risk(image, tabular)
-        if self.training and self.aux_head is not None and img_feats is not None:
-            return risk, self.aux_head(img_feats)
+        """Risk of shape (B, 1); in training with an aux head, (risk, aux logits).
+
+        The aux logits are ``(B, L, K)``: L = 1 label per row or one per crop,
+        K ordinal thresholds.
+        """
+        risk, aux_logits = self._risk(image, tabular)
+        if self.training and aux_logits is not None:
+            return risk, aux_logits
         return risk
+
+    def image_risk(self, image: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(image features, image risk, its auxiliary-head term, aux logits or None).
+
+        The image risk is the backbone head's plus the auxiliary head's Cox term
+        (zero without an auxiliary head).
+        """
+        feats, per_crop = self.image.encode(image)
+        risk = self.image.head(feats)
+        if self.aux_head is None:
+            return feats, risk, torch.zeros_like(risk), None
+        logits, summary = self.aux_head(feats, per_crop)
+        r_aux = self.aux_head.risk(summary.to(risk.dtype))
+        return feats, risk + r_aux, r_aux, logits
 
     def _risk(self, image: torch.Tensor, tabular: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(risk, aux logits or None) of the current stage."""
         if self.stage == "tabular":
             assert self.tabular is not None
             return self.tabular(tabular)[1], None
-        img_feats, r_img = self.image(image)
+        img_feats, r_img, r_aux, aux = self.image_risk(image)
         if self.stage == "image" or self.fusion == "image_only":
-            return r_img, img_feats
+            return r_img, aux
         assert self.tabular is not None
         tab_feats, r_tab = self.tabular(tabular)
         if self.fusion == "intermediate":
             assert self.fuse is not None
             fused = torch.cat([img_feats, tab_feats.to(img_feats.dtype)], dim=1)
-            return self.fuse(fused) + self.tabular.linear(tabular), img_feats
+            out = self.fuse(fused) + self.tabular.linear(tabular)
+            return out + r_aux.to(out.dtype), aux
         if self.fusion == "late":
             assert self.fuse is not None
-            return self.fuse(torch.cat([r_tab, r_img.to(r_tab.dtype)], dim=1)), img_feats
-        return self.alpha * r_tab + (1 - self.alpha) * r_img, img_feats
+            return self.fuse(torch.cat([r_tab, r_img.to(r_tab.dtype)], dim=1)), aux
+        return self.alpha * r_tab + (1 - self.alpha) * r_img, aux
 
     def risks(self, image: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
         """(B, 2) sub-model risks ``[r_clinical, r_image]`` (late and alpha fusion)."""
         assert self.tabular is not None
-        r_img = self.image(image)[1]
+        r_img = self.image_risk(image)[1]
         r_tab = self.tabular(tabular)[1]
         return torch.cat([r_tab.float(), r_img.float()], dim=1)
 
@@ -195,7 +275,10 @@ class FusionNet(nn.Module):
 class FusionCoxLoss(nn.Module):
     """Cox partial likelihood (+ ``aux_weight`` x BCE of the auxiliary image label).
 
-    ``y_true`` is ``(B, 3)``: time, event, auxiliary 0/1 label (NaN = unknown).
+    ``y_true`` is ``(B, 2 + L)``: time, event, then L auxiliary labels (one per
+    row, or one per crop; NaN = unknown). An ordinal label ``g`` in ``0..K`` is
+    scored by K binary cross-entropies on ``g >= k`` (a cumulative-link model;
+    ``K = 1`` is plain BCE), averaged over the known labels.
     """
 
     def __init__(self, ties: str = "efron", aux_weight: float = 0.0) -> None:
@@ -209,9 +292,11 @@ class FusionCoxLoss(nn.Module):
             y_pred, aux = y_pred
         loss = cox_nll(y_pred.float(), y_true[:, 0], y_true[:, 1], ties=self.ties)  # type: ignore[arg-type]
         if aux is not None and self.aux_weight > 0:
-            lab = y_true[:, 2]
+            lab = y_true[:, 2:].float()  # (B, L)
             known = torch.isfinite(lab)
             if bool(known.any()):
+                k = torch.arange(1, aux.shape[-1] + 1, device=lab.device, dtype=lab.dtype)
+                target = (lab[known][:, None] >= k).float()  # (n_known, K)
                 loss = loss + self.aux_weight * nn.functional.binary_cross_entropy_with_logits(
-                    aux.float().reshape(-1)[known], lab[known].float())
+                    aux.float()[known], target)
         return loss

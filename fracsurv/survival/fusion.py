@@ -30,6 +30,7 @@ from fracsurv.nn.augment import make_augmenter, rotation_padded_shape
 from fracsurv.nn.backbones import BACKBONES
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import ImageDataset, to_chw
+from fracsurv.nn.pooling import CROP_POOLS
 from fracsurv.survival._fusion_nets import FUSIONS, FusionCoxLoss, FusionNet
 from fracsurv.survival._mixin import BreslowSurvivalMixin
 from fracsurv.survival.deepsurv import survival_target_tensor
@@ -159,7 +160,11 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     crop_encoder : {"channels", "shared"}, default="channels"
         For crops: the N crops as the channels of one backbone input (the
         study), or one single-channel backbone shared by every crop with its
-        features max-pooled over the non-empty crops (N times the compute).
+        features pooled over the non-empty crops (N times the compute).
+    crop_pool : {"max", "sum", "mean"}, default="max"
+        Pooling of the shared encoder's per-crop features: ``"max"`` (the worst
+        vertebra), ``"sum"`` (the image risk becomes a sum of per-vertebra risks,
+        like the spinal deformity index sums Genant grades) or ``"mean"``.
     input_shape : (int, int), optional
         Network input (H, W) before rotation padding. Default: (1024, 512) for
         full images, the stacks' own size for crops.
@@ -178,10 +183,16 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         Add a linear Cox term on the clinical inputs to the clinical (and the
         intermediate-fusion) risk, as :class:`DeepSurvRegressor` does.
     aux_column : str, optional
-        A 0/1 column of X (e.g. ``"prevalent_vf"``) supervising an auxiliary
-        logit head on the image features (``aux_weight`` x BCE added to the Cox
-        loss; NaN = unknown). Never used at prediction time. ``None`` (default)
-        is the study's setup.
+        A column of X supervising an auxiliary head on the image branch
+        (``aux_weight`` x its loss added to the Cox loss; training only, never
+        used at prediction). ``None`` (default) is the study's setup. Either one
+        label per row -- 0/1 (e.g. ``"prevalent_vf"``) or an ordinal grade
+        0..K (e.g. the maximum Genant grade) -- or, with
+        ``crop_encoder="shared"``, one label per crop: an array as long as the
+        stack (e.g. ``CropStacker(grades_column="crop_grades")``, the Genant
+        grade of each slot). NaN = unknown (empty slots). Grades are scored by a
+        cumulative-link head: K binary cross-entropies on ``grade >= k``; a
+        per-row label with a shared encoder uses the maximum over crops.
     aux_weight : float, default=0.5
     augment : bool, default=True
         MONAI augmentation in training (:func:`fracsurv.nn.augment.make_augmenter`);
@@ -226,6 +237,10 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         Validation C-index per alpha when ``alpha="search"``.
     late_weights_ : ndarray of shape (2,) or None
         FC weights ``[clinical, image]`` of late fusion.
+    aux_levels_ : int
+        Ordinal levels K of the auxiliary label (0 without ``aux_column``).
+    aux_per_crop_ : bool
+        Whether the auxiliary label is given per crop.
     n_channels_ : int
     input_shape_ : (int, int)
         Network input size (after rotation padding).
@@ -237,7 +252,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                  fusion: str = "intermediate", alpha: float | str = 0.8,
                  alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
                  tabular_columns: Sequence[str] | None = None, image_column: str | None = None,
-                 crop_encoder: str = "channels",
+                 crop_encoder: str = "channels", crop_pool: str = "max",
                  input_shape: tuple[int, int] | None = None, pretrain: str = "auto",
                  freeze_pretrained: bool = True, tab_hidden: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1, linear_skip: bool = True, aux_column: str | None = None,
@@ -255,6 +270,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.tabular_columns = tabular_columns
         self.image_column = image_column
         self.crop_encoder = crop_encoder
+        self.crop_pool = crop_pool
         self.input_shape = input_shape
         self.pretrain = pretrain
         self.freeze_pretrained = freeze_pretrained
@@ -303,6 +319,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
         if self.crop_encoder not in ("channels", "shared"):
             raise ValueError(f"crop_encoder must be 'channels' or 'shared', got {self.crop_encoder!r}")
+        if self.crop_pool not in CROP_POOLS:
+            raise ValueError(f"crop_pool must be one of {CROP_POOLS}, got {self.crop_pool!r}")
         if self.pretrain not in _PRETRAIN:
             raise ValueError(f"pretrain must be one of {_PRETRAIN}, got {self.pretrain!r}")
         if isinstance(self.alpha, str):
@@ -368,16 +386,51 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         return frame.to_numpy(dtype=np.float64)
 
     def _aux_labels(self, X: pd.DataFrame) -> np.ndarray:
+        """``(n, L)`` auxiliary labels (L = 1 per row, or the stack length per crop).
+
+        Sets ``aux_levels_`` (the largest grade, at least 1) and ``aux_per_crop_``.
+        """
+        self.aux_levels_, self.aux_per_crop_ = 0, False
         if self.aux_column is None:
-            return np.full(len(X), np.nan)
+            return np.full((len(X), 1), np.nan)
         if self.aux_column not in X.columns:
             raise ValueError(f"X has no auxiliary label column {self.aux_column!r}")
-        lab = pd.to_numeric(X[self.aux_column], errors="coerce").to_numpy(float)
-        bad = np.flatnonzero(np.isfinite(lab) & ~np.isin(lab, (0.0, 1.0)))
+        cells = list(X[self.aux_column])
+        per_crop = any(isinstance(c, (list, tuple, np.ndarray)) for c in cells)
+        if per_crop:
+            lab = self._per_crop_labels(X, cells)
+        else:
+            lab = pd.to_numeric(X[self.aux_column], errors="coerce").to_numpy(float)[:, None]
+        flat = lab.reshape(len(X), -1)
+        bad = np.argwhere(np.isfinite(flat) & ((flat < 0) | (flat != np.round(flat))))
         if bad.size:
-            raise ValueError(f"aux_column {self.aux_column!r} must be 0/1 (NaN = unknown): "
-                             f"{row_label(X, int(bad[0]))} has {lab[bad[0]]!r}")
+            r, k = (int(v) for v in bad[0])
+            where = f", crop {k}" if per_crop else ""
+            raise ValueError(f"aux_column {self.aux_column!r} must hold 0/1 labels or grades "
+                             f"0, 1, 2, ... (NaN = unknown): {row_label(X, r)}{where} has "
+                             f"{float(flat[r, k])!r}")
+        self.aux_levels_ = max(1, int(np.nanmax(flat, initial=0.0)))
+        self.aux_per_crop_ = per_crop
         return lab
+
+    def _per_crop_labels(self, X: pd.DataFrame, cells: list[Any]) -> np.ndarray:
+        if self.image_input != "crops" or self.crop_encoder != "shared":
+            raise ValueError(f"aux_column {self.aux_column!r} holds one label per crop; that "
+                             "needs image_input='crops' and crop_encoder='shared'")
+        out = np.full((len(X), self.n_channels_), np.nan)
+        for pos, cell in enumerate(cells):
+            if is_missing(cell):
+                continue
+            try:
+                v = np.asarray(cell, float).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"aux_column {self.aux_column!r} of {row_label(X, pos)} is "
+                                 f"not numeric: {exc}") from exc
+            if len(v) != self.n_channels_:
+                raise ValueError(f"aux_column {self.aux_column!r} of {row_label(X, pos)} has "
+                                 f"{len(v)} labels for a stack of {self.n_channels_} crops")
+            out[pos] = v
+        return out
 
     # -- data --------------------------------------------------------------------
     @staticmethod
@@ -417,8 +470,10 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     def _build_module(self, alpha: float) -> FusionNet:
         return FusionNet(self.fusion, self.backbone, self.n_channels_, self.input_shape_,
                          len(self.tabular_columns_), tuple(self.tab_hidden), float(self.dropout),
-                         alpha, bool(self.linear_skip), aux=self.aux_column is not None,
-                         shared_crops=self.image_input == "crops" and self.crop_encoder == "shared")
+                         alpha, bool(self.linear_skip), aux_levels=int(self.aux_levels_),
+                         aux_per_crop=bool(self.aux_per_crop_),
+                         shared_crops=self.image_input == "crops" and self.crop_encoder == "shared",
+                         crop_pool=str(self.crop_pool))
 
     def _callbacks(self, epochs: int) -> list[Any]:
         cbs: list[Any] = []
@@ -481,6 +536,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         tab_cols = self._tab_cols()
         tab = self._check_frame(X, tab_cols)
         y = check_survival_y(y, len(X))
+        self._geometry(X)
         aux = self._aux_labels(X)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
@@ -488,7 +544,6 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.x_mean_ = tab.mean(axis=0) if tab.shape[1] else np.zeros(0)
         scale = tab.std(axis=0) if tab.shape[1] else np.ones(0)
         self.x_scale_ = np.where(scale > 0, scale, 1.0)
-        self._geometry(X)
         target = np.column_stack([survival_target_tensor(y), aux]).astype(np.float32)
         ds = self._dataset(X, tab, y=target, train=True)
         rs = self.random_state
@@ -583,6 +638,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         if not self.validation_fraction:
             raise ValueError("alpha='search' needs an inner validation split "
                              "(validation_fraction > 0)")
+        if set(self._pretrain_parts()) == {"image", "tabular"} and self.freeze_pretrained:
+            return self._search_alpha_frozen(ds, X, tab, y, split_seed)
         for a in [float(v) for v in self.alpha_grid]:
             self.histories_ = []
             module = self._seeded_module(a)
@@ -598,6 +655,32 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.histories_ = best[2]
         self.alpha_scores_ = scores
         return best[3]
+
+    def _search_alpha_frozen(self, ds: _FusionImages, X: pd.DataFrame, tab: np.ndarray,
+                             y: np.ndarray, split_seed: int) -> float:
+        """Alpha search over frozen pre-trained sub-models: they do not depend on alpha,
+        so they are trained once and every alpha is scored on the same validation risks
+        (one training instead of one per grid value)."""
+        from sksurv.metrics import concordance_index_censored
+
+        grid = [float(v) for v in self.alpha_grid]
+        self.histories_ = []
+        module = self._seeded_module(grid[0])
+        self._fit_stages(module, ds, X, tab, y, split_seed)
+        rows = self._valid_rows(len(X), split_seed)
+        risks = self._sub_risks(X.iloc[rows], tab[rows])
+        time, event = survival_target_tensor(y, np.float64)[rows].T
+        scores: dict[float, float] = {}
+        for a in grid:
+            combined = a * risks[:, 0] + (1 - a) * risks[:, 1]
+            scores[a] = (float(concordance_index_censored(event > 0.5, time, combined)[0])
+                         if (event > 0.5).any() else float("nan"))
+        finite = {a: v for a, v in scores.items() if np.isfinite(v)}
+        best = max(finite, key=finite.get) if finite else grid[0]
+        module.alpha.fill_(best)
+        self.module_ = module
+        self.alpha_scores_ = scores
+        return best
 
     # -- inference -------------------------------------------------------------
     def _batched(self, ds: _FusionImages, forward: Any) -> np.ndarray:
@@ -654,7 +737,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         meta = {
             "n_channels": self.n_channels_, "input_shape": list(self.input_shape_),
             "base_shape": list(self.base_shape_), "tabular_columns": list(self.tabular_columns_),
-            "alpha": self.alpha_, "feature_names_in": [str(c) for c in self.feature_names_in_],
+            "alpha": self.alpha_, "aux_levels": int(self.aux_levels_),
+            "aux_per_crop": bool(self.aux_per_crop_), "feature_names_in": [str(c) for c in self.feature_names_in_],
             "alpha_scores": None if self.alpha_scores_ is None
             else [[k, v] for k, v in self.alpha_scores_.items()],
         }
@@ -668,6 +752,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.base_shape_ = tuple(int(s) for s in meta["base_shape"])
         self.tabular_columns_ = list(meta["tabular_columns"])
         self.alpha_ = meta["alpha"]
+        self.aux_levels_ = int(meta.get("aux_levels", 0))
+        self.aux_per_crop_ = bool(meta.get("aux_per_crop", False))
         self.alpha_scores_ = (None if meta["alpha_scores"] is None
                               else {float(k): float(v) for k, v in meta["alpha_scores"]})
         self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)

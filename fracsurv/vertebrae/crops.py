@@ -28,8 +28,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from fracsurv._base import FrameTransformerMixin, row_label
 from fracsurv.io.refs import ImageCache, hash_parts, load_image
+from fracsurv.vertebrae.genant import grade_vertebrae
 
-__all__ = ["CropStacker", "box_from_points", "crop_stack", "select_boxes"]
+__all__ = ["CropStacker", "box_from_points", "crop_stack", "select_boxes", "select_slots",
+           "vertebra_grades"]
 
 STUDY_CROP = (272, 230)
 STUDY_MAX_HEIGHT = 230
@@ -44,30 +46,56 @@ def box_from_points(points: np.ndarray, margin: float = 0.15) -> np.ndarray:
     return np.concatenate([lo - pad, hi + pad])
 
 
-def select_boxes(boxes: np.ndarray, n_crops: int = 13, max_box_height: float = np.inf,
-                 gap_factor: float = 1.5) -> list[np.ndarray | None]:
-    """Apply rules 1-3: ``n_crops`` slots top to bottom, ``None`` for an empty slot."""
+def select_slots(boxes: np.ndarray, n_crops: int = 13, max_box_height: float = np.inf,
+                 gap_factor: float = 1.5) -> list[int | None]:
+    """Apply rules 1-3: ``n_crops`` slots top to bottom, each the index of its box in
+    ``boxes`` or ``None`` for an empty slot."""
     boxes = np.asarray(boxes, float).reshape(-1, 4)
-    boxes = boxes[(boxes[:, 3] - boxes[:, 1]) <= max_box_height]
-    boxes = boxes[np.argsort((boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")]
-    while len(boxes) > n_crops:
-        boxes = boxes[1:]
-    slots: list[np.ndarray | None] = [b for b in boxes]
-    if 1 < len(boxes) < n_crops:
-        centres = (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = np.flatnonzero((boxes[:, 3] - boxes[:, 1]) <= max_box_height)
+    keep = keep[np.argsort((boxes[keep, 1] + boxes[keep, 3]) / 2, kind="stable")]
+    keep = keep[max(0, len(keep) - n_crops):]  # drop the top-most boxes beyond n_crops
+    slots: list[int | None] = [int(i) for i in keep]
+    if 1 < len(keep) < n_crops:
+        centres = (boxes[keep, 1] + boxes[keep, 3]) / 2
         gaps = np.diff(centres)
         median = float(np.median(gaps))
-        filled: list[np.ndarray | None] = [boxes[0]]
-        missing_total = n_crops - len(boxes)
-        for gap, box in zip(gaps, boxes[1:]):
+        filled: list[int | None] = [int(keep[0])]
+        missing_total = n_crops - len(keep)
+        for gap, i in zip(gaps, keep[1:]):
             if median > 0 and gap > gap_factor * median and missing_total > 0:
                 k = min(missing_total, max(1, round(gap / median) - 1))
                 filled.extend([None] * k)
                 missing_total -= k
-            filled.append(box)
+            filled.append(int(i))
         slots = filled
     slots.extend([None] * (n_crops - len(slots)))
     return slots
+
+
+def select_boxes(boxes: np.ndarray, n_crops: int = 13, max_box_height: float = np.inf,
+                 gap_factor: float = 1.5) -> list[np.ndarray | None]:
+    """Apply rules 1-3: ``n_crops`` slots top to bottom, ``None`` for an empty slot."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return [None if i is None else boxes[i]
+            for i in select_slots(boxes, n_crops, max_box_height, gap_factor)]
+
+
+def vertebra_grades(vertebrae: list[dict[str, Any]]) -> np.ndarray:
+    """Genant grade of each vertebra of a list, in the list's order.
+
+    Every vertebra's own ``"grade"`` when all have one; otherwise the Genant rule on
+    the keypoints, applied to the column sorted top to bottom (the rule compares
+    each body with its neighbours).
+    """
+    if not vertebrae:
+        return np.zeros(0)
+    if all("grade" in v for v in vertebrae):
+        return np.array([float(v["grade"]) for v in vertebrae])
+    pts = np.array([np.asarray(v["points"], float) for v in vertebrae]).reshape(-1, 6, 2)
+    order = np.argsort(pts[:, :, 1].mean(axis=1), kind="stable")
+    out = np.empty(len(pts))
+    out[order] = grade_vertebrae(pts[order])[0]
+    return out
 
 
 def crop_stack(image: np.ndarray, slots: list[np.ndarray | None],
@@ -126,13 +154,21 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         ``"shrink"`` (the study) keeps each vertebra at its pixel size, shrinking only
         crops larger than ``crop_size``; ``"fill"`` resizes every crop to fill
         ``crop_size`` (aspect ratio kept).
+    grades_column : str, optional
+        Also add the Genant grade of the vertebra in each slot (a float array of
+        length ``n_crops``, NaN for an empty slot): a per-crop label aligned with
+        the stack, e.g. for ``FusionSurvival(aux_column=...)``. A vertebra's
+        ``"grade"`` key is used when every vertebra of the row has one (a
+        detector's output); otherwise grades follow the Genant rule
+        (:func:`fracsurv.vertebrae.genant.grade_vertebrae`) on the keypoints.
     cache_dir : path, optional
     """
 
     def __init__(self, keypoints_column: str = "keypoints", image_column: str = "image",
                  output_column: str = "crops", n_crops: int = 13, crop_size: Any = "auto",
                  max_box_height: Any = "auto", gap_factor: float = 1.5, margin: float = 0.15,
-                 resize: str = "shrink", cache_dir: str | None = None) -> None:
+                 resize: str = "shrink", grades_column: str | None = None,
+                 cache_dir: str | None = None) -> None:
         self.keypoints_column = keypoints_column
         self.image_column = image_column
         self.output_column = output_column
@@ -142,6 +178,7 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         self.gap_factor = gap_factor
         self.margin = margin
         self.resize = resize
+        self.grades_column = grades_column
         self.cache_dir = cache_dir
 
     def __sklearn_tags__(self):
@@ -166,25 +203,38 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         hmax = self.max_box_height if self.max_box_height != "auto" else STUDY_MAX_HEIGHT * sy
         return (int(size[0]), int(size[1])), float(hmax)
 
-    def stack_one(self, image: np.ndarray, vertebrae: list[dict[str, Any]]) -> np.ndarray:
-        """The crop stack of one image from its vertebra list."""
-        size, hmax = self._sizes(image.shape)
+    def _slots(self, shape: tuple[int, int], vertebrae: list[dict[str, Any]]
+               ) -> tuple[np.ndarray, list[int | None], tuple[int, int]]:
+        size, hmax = self._sizes(shape)
         boxes = np.array([box_from_points(np.asarray(v["points"]), self.margin)
                           for v in vertebrae]).reshape(-1, 4)
-        return crop_stack(image, select_boxes(boxes, self.n_crops, hmax, self.gap_factor), size,
+        return boxes, select_slots(boxes, self.n_crops, hmax, self.gap_factor), size
+
+    def stack_one(self, image: np.ndarray, vertebrae: list[dict[str, Any]]) -> np.ndarray:
+        """The crop stack of one image from its vertebra list."""
+        boxes, slots, size = self._slots(image.shape, vertebrae)
+        return crop_stack(image, [None if i is None else boxes[i] for i in slots], size,
                           self.resize)
+
+    def slot_grades(self, shape: tuple[int, int], vertebrae: list[dict[str, Any]]) -> np.ndarray:
+        """Genant grade of the vertebra in each slot of :meth:`stack_one` (NaN = empty)."""
+        _, slots, _ = self._slots(shape, vertebrae)
+        grades = vertebra_grades(vertebrae)
+        return np.array([np.nan if i is None else grades[i] for i in slots], np.float32)
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Add the crop stacks (see class docstring)."""
         check_is_fitted(self, "n_features_in_")
         cache = ImageCache(self.cache_dir) if self.cache_dir else None
-        stacks, counts = [], []
+        stacks, counts, grades = [], [], []
         for pos, (img_ref, kps) in enumerate(zip(X[self.image_column], X[self.keypoints_column])):
             if img_ref is None or (isinstance(img_ref, float) and np.isnan(img_ref)):
                 raise ValueError(f"no image in {row_label(X, pos)}")
             image = load_image(img_ref)
             kps = kps if isinstance(kps, list) else []
             stack = self.stack_one(image, kps)
+            if self.grades_column is not None:
+                grades.append(self.slot_grades(image.shape, kps))
             if cache is not None:
                 stack = cache.put(stack, hash_parts(stack, "crops"))
             stacks.append(stack)
@@ -192,4 +242,6 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         out = X.copy()
         out[self.output_column] = pd.Series(stacks, index=X.index, dtype=object)
         out["n_vertebrae_cropped"] = counts
+        if self.grades_column is not None:
+            out[self.grades_column] = pd.Series(grades, index=X.index, dtype=object)
         return out
