@@ -350,9 +350,15 @@ def test_ordinal_aux_loss_is_a_sum_of_threshold_bces():
     grades = y[:, 2:]
     known = torch.isfinite(grades)
     targets = torch.stack([(grades >= k).float() for k in (1, 2, 3)], dim=-1)[known]
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], targets)
+    # summed over a row's crops and thresholds, averaged over the 3 labelled rows
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[known], targets, reduction="sum") / 3
     assert float(total - cox) == pytest.approx(0.5 * float(expected), rel=1e-6)
     assert int(known.sum()) == 5  # the unknown (NaN) crop is left out
+    # one 0/1 label per row (L = 1, K = 1) is the plain mean BCE over rows
+    row = FusionCoxLoss(aux_weight=1.0)((risk, logits[:, :1, :1]), y[:, :3]) - cox
+    assert float(row) == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:, 0, 0], (y[:, 2] >= 1).float())), rel=1e-6)
 
 
 def _graded_cohort(n, rng):
@@ -442,3 +448,56 @@ def test_alpha_search_over_frozen_sub_models_trains_them_once(data):
     rt = est.sub_model_risks(Xt).to_numpy()
     np.testing.assert_allclose(est.predict(Xt), est.alpha_ * rt[:, 0] + (1 - est.alpha_) * rt[:, 1],
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["add", "only", "none"])
+def test_image_risk_reads_the_expected_number_of_graded_vertebrae(mode):
+    """With per-crop grades the aux summary is sum over present crops of P(grade >= k)."""
+    from fracsurv.survival._fusion_nets import FusionNet
+
+    torch.manual_seed(0)
+    net = FusionNet("image_only", "resnet10-tiny", 4, (12, 12), 0, aux_levels=3,
+                    aux_per_crop=True, shared_crops=True, aux_risk=mode).eval()
+    with torch.no_grad():
+        net.aux_head.risk.weight.copy_(torch.tensor([[0.3, 0.2, 0.1]]))
+    x = torch.rand(5, 4, 12, 12)
+    x[:, 3] = 0.0  # an empty slot
+    with torch.no_grad():
+        feats, per_crop = net.image.encode(x)
+        probs = torch.sigmoid(net.aux_head.logits(per_crop[0]))[:, :3]  # the 3 present crops
+        expected_counts = probs.sum(dim=1)  # (B, K)
+        aux_term = expected_counts @ torch.tensor([0.3, 0.2, 0.1])
+        backbone = net.image.head(feats)[:, 0]
+        risk = net(x, torch.zeros(5, 0))[:, 0]
+    want = {"add": backbone + aux_term, "only": aux_term, "none": backbone}[mode]
+    torch.testing.assert_close(risk, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="aux_risk"):
+        FusionNet("image_only", "resnet10-tiny", 4, (12, 12), 0, aux_risk="sometimes")
+
+
+def test_pipeline_with_per_crop_grades_on_synthetic_spines():
+    """CropStacker's grades_column feeds FusionSurvival's per-crop auxiliary label."""
+    from fracsurv.datasets import make_spine_cohort
+    from fracsurv.vertebrae.crops import CropStacker
+
+    cohort = make_spine_cohort(40, image_shape=(64, 32), n_followups=0, random_state=4,
+                               dicom=False)
+    X, y = cohort.frame, cohort.target
+    pipe = Pipeline([
+        ("crops", CropStacker(n_crops=18, crop_size=(12, 12), resize="fill",
+                              grades_column="crop_grades")),
+        ("fusion", FusionSurvival(image_input="crops", backbone="resnet10-tiny",
+                                  crop_encoder="shared", aux_column="crop_grades",
+                                  aux_risk="only", fusion="late", max_epochs=2, batch_size=16,
+                                  validation_fraction=0.0, random_state=0))])
+    pipe.fit(X, y)
+    fus = pipe.named_steps["fusion"]
+    assert fus.n_channels_ == 18 and fus.aux_per_crop_
+    grades = np.concatenate(list(pipe.named_steps["crops"].transform(X)["crop_grades"]))
+    assert fus.aux_levels_ == max(1, int(np.nanmax(grades)))
+    # prediction needs no grades: the label is training supervision only
+    risk = pipe.predict(X)
+    Xc = pipe[:-1].transform(X).drop(columns=["crop_grades"])
+    np.testing.assert_allclose(fus.predict(Xc), risk, rtol=1e-6)
+    r = fus.sub_model_risks(Xc)
+    np.testing.assert_allclose(risk, r.to_numpy() @ fus.late_weights_, rtol=1e-4, atol=1e-5)

@@ -18,9 +18,10 @@ from fracsurv.nn.mlp import make_mlp
 from fracsurv.nn.pooling import crops_present, pool_crops
 from fracsurv.survival.loss import cox_nll
 
-__all__ = ["FUSIONS", "STAGES", "FusionCoxLoss", "FusionNet"]
+__all__ = ["AUX_RISKS", "FUSIONS", "STAGES", "FusionCoxLoss", "FusionNet"]
 
 FUSIONS = ("intermediate", "late", "alpha", "image_only")
+AUX_RISKS = ("add", "only", "none")
 STAGES = ("tabular", "image", "fusion")
 
 
@@ -158,17 +159,26 @@ class FusionNet(nn.Module):
         One single-channel encoder shared by the crops (see :class:`_ImageBranch`).
     crop_pool : {"max", "sum", "mean"}
         Pooling of a shared encoder's per-crop features.
+    aux_risk : {"add", "only", "none"}
+        What the image risk is with an auxiliary head: the backbone head's risk
+        plus the Cox term on the auxiliary summary (``"add"``), that term alone
+        (``"only"``: a few interpretable signals, nothing else of the backbone),
+        or the backbone head's risk alone (``"none"``: the auxiliary label only
+        shapes the features).
     """
 
     def __init__(self, fusion: str, backbone: str, in_channels: int, shape: tuple[int, int],
                  n_tab: int, tab_hidden: tuple[int, ...] = (64, 128), dropout: float = 0.1,
                  alpha: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
                  aux_per_crop: bool = False, shared_crops: bool = False,
-                 crop_pool: str = "max") -> None:
+                 crop_pool: str = "max", aux_risk: str = "add") -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if aux_risk not in AUX_RISKS:
+            raise ValueError(f"aux_risk must be one of {AUX_RISKS}, got {aux_risk!r}")
         self.fusion = fusion
+        self.aux_risk = aux_risk
         self.stage = "fusion"
         self.frozen: tuple[str, ...] = ()
         if aux_per_crop and not shared_crops:
@@ -232,8 +242,9 @@ class FusionNet(nn.Module):
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(image features, image risk, its auxiliary-head term, aux logits or None).
 
-        The image risk is the backbone head's plus the auxiliary head's Cox term
-        (zero without an auxiliary head).
+        The image risk is the backbone head's and/or the auxiliary head's Cox
+        term, as ``aux_risk`` says (the backbone head's alone without an
+        auxiliary head).
         """
         feats, per_crop = self.image.encode(image)
         risk = self.image.head(feats)
@@ -241,6 +252,10 @@ class FusionNet(nn.Module):
             return feats, risk, torch.zeros_like(risk), None
         logits, summary = self.aux_head(feats, per_crop)
         r_aux = self.aux_head.risk(summary.to(risk.dtype))
+        if self.aux_risk == "none":
+            r_aux = torch.zeros_like(risk)
+        elif self.aux_risk == "only":
+            risk = torch.zeros_like(risk)
         return feats, risk + r_aux, r_aux, logits
 
     def _risk(self, image: torch.Tensor, tabular: torch.Tensor
@@ -278,7 +293,10 @@ class FusionCoxLoss(nn.Module):
     ``y_true`` is ``(B, 2 + L)``: time, event, then L auxiliary labels (one per
     row, or one per crop; NaN = unknown). An ordinal label ``g`` in ``0..K`` is
     scored by K binary cross-entropies on ``g >= k`` (a cumulative-link model;
-    ``K = 1`` is plain BCE), averaged over the known labels.
+    ``K = 1`` is plain BCE), summed over a row's labels and thresholds and
+    averaged over the rows that have any: a row weighs the same whether it
+    carries one label or one per vertebra (averaged over crops, the few
+    fractured vertebrae among mostly normal ones would barely count).
     """
 
     def __init__(self, ties: str = "efron", aux_weight: float = 0.0) -> None:
@@ -297,6 +315,7 @@ class FusionCoxLoss(nn.Module):
             if bool(known.any()):
                 k = torch.arange(1, aux.shape[-1] + 1, device=lab.device, dtype=lab.dtype)
                 target = (lab[known][:, None] >= k).float()  # (n_known, K)
-                loss = loss + self.aux_weight * nn.functional.binary_cross_entropy_with_logits(
-                    aux.float()[known], target)
+                bce = nn.functional.binary_cross_entropy_with_logits(
+                    aux.float()[known], target, reduction="sum")
+                loss = loss + self.aux_weight * bce / known.any(dim=1).sum()
         return loss

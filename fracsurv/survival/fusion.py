@@ -31,7 +31,7 @@ from fracsurv.nn.backbones import BACKBONES
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import ImageDataset, to_chw
 from fracsurv.nn.pooling import CROP_POOLS
-from fracsurv.survival._fusion_nets import FUSIONS, FusionCoxLoss, FusionNet
+from fracsurv.survival._fusion_nets import AUX_RISKS, FUSIONS, FusionCoxLoss, FusionNet
 from fracsurv.survival._mixin import BreslowSurvivalMixin
 from fracsurv.survival.deepsurv import survival_target_tensor
 
@@ -194,6 +194,13 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         cumulative-link head: K binary cross-entropies on ``grade >= k``; a
         per-row label with a shared encoder uses the maximum over crops.
     aux_weight : float, default=0.5
+    aux_risk : {"add", "only", "none"}, default="add"
+        With ``aux_column``, what the image risk is made of: the backbone risk
+        head plus a Cox term on the auxiliary head's summary -- the expected
+        number of vertebrae at or above each grade for per-crop labels, the
+        label's probabilities for a per-row one -- (``"add"``), that Cox term
+        alone (``"only"``), or the backbone risk head alone (``"none"``: the
+        label only shapes the image features).
     augment : bool, default=True
         MONAI augmentation in training (:func:`fracsurv.nn.augment.make_augmenter`);
         full images are zero-padded for +-``max_rotation`` degrees in training
@@ -256,7 +263,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                  input_shape: tuple[int, int] | None = None, pretrain: str = "auto",
                  freeze_pretrained: bool = True, tab_hidden: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1, linear_skip: bool = True, aux_column: str | None = None,
-                 aux_weight: float = 0.5, augment: bool = True, max_rotation: float = 15.0,
+                 aux_weight: float = 0.5, aux_risk: str = "add", augment: bool = True, max_rotation: float = 15.0,
                  ties: str = "efron", scheduler: str | None = "cosine", optimizer: str = "adam",
                  lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 32,
                  max_epochs: int = 100, validation_fraction: float = 0.15, patience: int = 20,
@@ -279,6 +286,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.linear_skip = linear_skip
         self.aux_column = aux_column
         self.aux_weight = aux_weight
+        self.aux_risk = aux_risk
         self.augment = augment
         self.max_rotation = max_rotation
         self.ties = ties
@@ -319,6 +327,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
         if self.crop_encoder not in ("channels", "shared"):
             raise ValueError(f"crop_encoder must be 'channels' or 'shared', got {self.crop_encoder!r}")
+        if self.aux_risk not in AUX_RISKS:
+            raise ValueError(f"aux_risk must be one of {AUX_RISKS}, got {self.aux_risk!r}")
         if self.crop_pool not in CROP_POOLS:
             raise ValueError(f"crop_pool must be one of {CROP_POOLS}, got {self.crop_pool!r}")
         if self.pretrain not in _PRETRAIN:
@@ -473,7 +483,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                          alpha, bool(self.linear_skip), aux_levels=int(self.aux_levels_),
                          aux_per_crop=bool(self.aux_per_crop_),
                          shared_crops=self.image_input == "crops" and self.crop_encoder == "shared",
-                         crop_pool=str(self.crop_pool))
+                         crop_pool=str(self.crop_pool), aux_risk=str(self.aux_risk))
 
     def _callbacks(self, epochs: int) -> list[Any]:
         cbs: list[Any] = []
