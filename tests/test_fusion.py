@@ -382,21 +382,21 @@ def _graded_cohort(n, rng):
     return X, y, lp
 
 
-@pytest.mark.parametrize("pool", ["sum", "max"])
-def test_per_crop_grade_supervision_learns_the_sdi(pool, tmp_path):
+@pytest.mark.parametrize(("pool", "aux_risk"), [("max", "only"), ("sum", "add")])
+def test_per_crop_grade_supervision_learns_the_sdi(pool, aux_risk, tmp_path):
     rng = np.random.default_rng(1)
     (X, y, _), (Xt, yt, _) = _graded_cohort(160, rng), _graded_cohort(120, rng)
     est = FusionSurvival(image_input="crops", fusion="image_only", crop_encoder="shared",
                          crop_pool=pool, aux_column="crop_grades", aux_weight=1.0,
-                         **{**FAST, "max_epochs": 12})
+                         aux_risk=aux_risk, **{**FAST, "max_epochs": 12})
     est.fit(X, y)
     assert est.aux_levels_ == 3 and est.aux_per_crop_
     assert est.module_.aux_head.logits.out_features == 3
     risk = est.predict(Xt)
     from scipy.stats import spearmanr
 
-    assert spearmanr(risk, Xt["sdi"])[0] > 0.6  # the image risk ranks by the grade sum
-    assert est.score(Xt, yt) > 0.65
+    assert spearmanr(risk, Xt["sdi"])[0] > 0.8  # the image risk ranks by the grade sum (0.90-0.97 seen)
+    assert est.score(Xt, yt) > 0.7
     est.save(tmp_path / "m")
     back = load_model(tmp_path / "m")
     assert back.aux_levels_ == 3 and back.aux_per_crop_

@@ -171,7 +171,7 @@ class FusionNet(nn.Module):
                  n_tab: int, tab_hidden: tuple[int, ...] = (64, 128), dropout: float = 0.1,
                  alpha: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
                  aux_per_crop: bool = False, shared_crops: bool = False,
-                 crop_pool: str = "max", aux_risk: str = "add") -> None:
+                 crop_pool: str = "max", aux_risk: str = "only") -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")

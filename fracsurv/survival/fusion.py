@@ -194,13 +194,14 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         cumulative-link head: K binary cross-entropies on ``grade >= k``; a
         per-row label with a shared encoder uses the maximum over crops.
     aux_weight : float, default=0.5
-    aux_risk : {"add", "only", "none"}, default="add"
-        With ``aux_column``, what the image risk is made of: the backbone risk
-        head plus a Cox term on the auxiliary head's summary -- the expected
-        number of vertebrae at or above each grade for per-crop labels, the
-        label's probabilities for a per-row one -- (``"add"``), that Cox term
-        alone (``"only"``), or the backbone risk head alone (``"none"``: the
-        label only shapes the image features).
+    aux_risk : {"only", "add", "none"}, default="only"
+        With ``aux_column``, what the image risk is made of: a Cox term on the
+        auxiliary head's summary -- the expected number of vertebrae at or
+        above each grade for per-crop labels, the label's probabilities for a
+        per-row one -- alone (``"only"``, which measured best, see
+        ``docs/fusion_survival.md``), that term plus the backbone's risk head
+        (``"add"``), or the backbone risk head alone (``"none"``: the label only
+        shapes the image features).
     augment : bool, default=True
         MONAI augmentation in training (:func:`fracsurv.nn.augment.make_augmenter`);
         full images are zero-padded for +-``max_rotation`` degrees in training
@@ -263,7 +264,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                  input_shape: tuple[int, int] | None = None, pretrain: str = "auto",
                  freeze_pretrained: bool = True, tab_hidden: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1, linear_skip: bool = True, aux_column: str | None = None,
-                 aux_weight: float = 0.5, aux_risk: str = "add", augment: bool = True, max_rotation: float = 15.0,
+                 aux_weight: float = 0.5, aux_risk: str = "only", augment: bool = True, max_rotation: float = 15.0,
                  ties: str = "efron", scheduler: str | None = "cosine", optimizer: str = "adam",
                  lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 32,
                  max_epochs: int = 100, validation_fraction: float = 0.15, patience: int = 20,
