@@ -22,23 +22,28 @@ the image branch (``aux_column``).
 ``--preset cpu-graded`` adds what ``docs/fusion_survival.md`` measured next: 2000
 patients, every visible vertebra (18 slots), the Genant grade of each crop as an
 ordinal auxiliary label whose summary (expected vertebrae at or above each grade)
-is the image risk (``aux_risk="only"``), a linear clinical branch, and the alpha
-model over frozen pre-trained sub-models. It also reports a reference row, Cox PH
+is the image risk (``aux_risk="only"``), a linear clinical branch, the alpha
+model over frozen pre-trained sub-models, and frozen sub-models combined on every
+training row (``head_rows="all"``). It also reports a reference row, Cox PH
 on the clinical columns plus the cohort's *true* fracture count and SDI: what a
 perfect image branch could add.
 
 Run: ``python benchmarks/fusion.py [--preset cpu|full] [--variants a,b,...]``.
+``--update`` reruns only ``--variants`` and keeps the other rows of the preset's
+existing JSON (same cohort, splits and seeds), recording which rows were rerun.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import write_json
+from _common import RESULTS, write_json
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"n_patients": 500, "image_shape": (128, 64), "crop_size": (24, 24),
@@ -61,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "batch_size": 16, "lr": 1e-3, "patience": 0, "validation_fraction": 0.15,
                    "alpha_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                    "fusion_kwargs": {"aux_risk": "only", "aux_weight": 1.0, "augment": False,
-                                     "tab_hidden": ()},
+                                     "tab_hidden": (), "head_rows": "all"},
                    "alpha_kwargs": {"pretrain": "both"},
                    "variants": ("coxph", "deepsurv", "coxph_true_vf", "cds_image_only_crops",
                                 "cds_late_crops", "cds_alpha_crops", "cds_intermediate_crops")},
@@ -154,6 +159,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--update", action="store_true",
+                    help="keep the rows of the existing JSON that --variants does not rerun")
     args = ap.parse_args()
     cfg = dict(PRESETS[args.preset])
     if args.n_patients:
@@ -193,6 +200,14 @@ def main() -> None:
         "oracle": {**_summary([{"c_index": concordance_index(y[te], oracle[te])}
                                for _, te in splits]),
                    "holdout": {"c_index": concordance_index(y[hold], oracle[hold])}}}
+    name = f"fusion_{args.preset.replace('-', '_')}"
+    path = Path(args.out) if args.out else RESULTS / f"{name}.json"
+    previous = json.loads(path.read_text()) if args.update and path.exists() else None
+    if previous is not None:
+        if previous["table"]["oracle"]["holdout"] != table["oracle"]["holdout"]:
+            raise SystemExit(f"{path} was measured on another cohort or split; rerun it whole")
+        kept = {k: v for k, v in previous["table"].items() if k not in (*variants, "oracle")}
+        table.update(kept)
     for variant in variants:
         fold_metrics, fit_s = [], []
         for tr, te in [*splits, (rest, hold)]:
@@ -241,7 +256,14 @@ def main() -> None:
         print(f"best multimodal {best}: {ratio:.3f} of the oracle C; gain over {best_clin} "
               f"{gain:+.3f} (CV spread {spread:.3f}; paired fold differences "
               f"{np.round(diff, 3).tolist()})")
-    write_json(f"fusion_{args.preset.replace('-', '_')}", {
+    timings = {"cohort": t_data, "total": time.perf_counter() - t0}
+    updates = None
+    if previous is not None:  # the rows kept were measured with the previous settings
+        updates = [*previous.get("updates", []),
+                   {"rows_rerun": variants, "timings_s": timings,
+                    "settings_of_the_rows_kept": previous["settings"]}]
+        timings = previous["timings_s"]
+    write_json(name, {
         "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                      "reference_rows": list(REFERENCE),
                      "preset": args.preset, "device": device, "seed": args.seed,
@@ -250,9 +272,9 @@ def main() -> None:
                      "metrics": "Harrell's C; mean cumulative/dynamic AUC (IPCW) and integrated "
                                 "IPCW Brier over 8 times from the 10th to the 80th percentile of "
                                 "the test event times"},
-        "timings_s": {"cohort": t_data, "total": time.perf_counter() - t0},
-        "table": table, "targets": targets,
-    }, args.out)
+        "timings_s": timings, "table": table, "targets": targets,
+        **({"updates": updates} if updates else {}),
+    }, path)
 
 
 if __name__ == "__main__":

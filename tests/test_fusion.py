@@ -501,3 +501,36 @@ def test_pipeline_with_per_crop_grades_on_synthetic_spines():
     np.testing.assert_allclose(fus.predict(Xc), risk, rtol=1e-6)
     r = fus.sub_model_risks(Xc)
     np.testing.assert_allclose(risk, r.to_numpy() @ fus.late_weights_, rtol=1e-4, atol=1e-5)
+
+
+def test_late_head_fitted_on_every_row(data):
+    """head_rows='all': the FC is the penalised 2-covariate Cox fit on all rows' risks,
+    and a search over frozen sub-models scores alpha on every row."""
+    from fracsurv.survival.loss import cox_nll
+
+    (X, y, _), _ = data
+    kw = {**FAST, "max_epochs": 4, "validation_fraction": 0.3}
+    est = FusionSurvival(image_input="crops", fusion="late", head_rows="all", **kw).fit(X, y)
+    valid = FusionSurvival(image_input="crops", fusion="late", **kw).fit(X, y)
+    assert not np.allclose(est.late_weights_, valid.late_weights_)
+    r = torch.as_tensor(est.sub_model_risks(X).to_numpy(), dtype=torch.float64)
+    scale = r.std(0)
+    z = (r - r.mean(0)) / scale
+    t = torch.as_tensor(np.ascontiguousarray(y["time"], dtype=float))
+    e = torch.as_tensor(np.ascontiguousarray(y["event"], dtype=float))
+    w = torch.as_tensor(est.late_weights_, dtype=torch.float64) * scale  # standardised weights
+
+    def loss(v):
+        return float(cox_nll(z @ v, t, e, ties="efron") + 1e-2 * (v ** 2).sum())
+
+    best = loss(w)
+    for i in range(2):
+        for step in (-0.05, 0.05):
+            assert loss(w + step * torch.eye(2, dtype=torch.float64)[i]) >= best - 1e-9
+    with pytest.raises(ValueError, match="head_rows"):
+        clone(est).set_params(head_rows="some").fit(X, y)
+    alpha = FusionSurvival(image_input="crops", fusion="alpha", alpha="search", pretrain="both",
+                           alpha_grid=(0.2, 0.8), head_rows="all", **kw).fit(X, y)
+    ra = alpha.sub_model_risks(X).to_numpy()
+    for a, score in alpha.alpha_scores_.items():
+        assert score == pytest.approx(concordance_index(y, a * ra[:, 0] + (1 - a) * ra[:, 1]))

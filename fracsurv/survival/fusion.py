@@ -175,6 +175,15 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     freeze_pretrained : bool, default=True
         Keep pre-trained sub-models frozen in the fusion stage (late fusion then
         fits only its FC). ``False`` fine-tunes everything end to end.
+    head_rows : {"validation", "all"}, default="validation"
+        Rows on which frozen sub-models are combined -- the late-fusion FC is
+        fitted, and a search over frozen sub-models (``alpha="search"`` with
+        ``pretrain="both"``) scores each alpha: the inner validation rows, which
+        the sub-models did not train on (for the FC: every row when they hold
+        fewer than 20 events), or every row. ``"all"`` suits sub-models of few
+        effective parameters (a linear clinical branch, an image risk read off
+        an auxiliary head), whose training-row risks are barely optimistic: the
+        combination then sees every event instead of a noisy 15 %.
     tab_hidden : tuple of int, default=(64, 128)
         Clinical branch widths (the study's DeepSurv).
     dropout : float, default=0.1
@@ -262,7 +271,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                  tabular_columns: Sequence[str] | None = None, image_column: str | None = None,
                  crop_encoder: str = "channels", crop_pool: str = "max",
                  input_shape: tuple[int, int] | None = None, pretrain: str = "auto",
-                 freeze_pretrained: bool = True, tab_hidden: tuple[int, ...] = (64, 128),
+                 freeze_pretrained: bool = True, head_rows: str = "validation",
+                 tab_hidden: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1, linear_skip: bool = True, aux_column: str | None = None,
                  aux_weight: float = 0.5, aux_risk: str = "only", augment: bool = True, max_rotation: float = 15.0,
                  ties: str = "efron", scheduler: str | None = "cosine", optimizer: str = "adam",
@@ -282,6 +292,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.input_shape = input_shape
         self.pretrain = pretrain
         self.freeze_pretrained = freeze_pretrained
+        self.head_rows = head_rows
         self.tab_hidden = tab_hidden
         self.dropout = dropout
         self.linear_skip = linear_skip
@@ -328,6 +339,9 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
         if self.crop_encoder not in ("channels", "shared"):
             raise ValueError(f"crop_encoder must be 'channels' or 'shared', got {self.crop_encoder!r}")
+        if self.head_rows not in ("validation", "all"):
+            raise ValueError(f"head_rows must be 'validation' or 'all', got "
+                             f"{self.head_rows!r}")
         if self.aux_risk not in AUX_RISKS:
             raise ValueError(f"aux_risk must be one of {AUX_RISKS}, got {self.aux_risk!r}")
         if self.crop_pool not in CROP_POOLS:
@@ -605,13 +619,14 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                        y: np.ndarray, split_seed: int) -> None:
         """Fit the late-fusion FC as a 2-covariate Cox model on the frozen sub-models' risks.
 
-        The risks are those of the inner validation rows, which neither sub-model
-        trained on (fitted on training rows, the FC favours whichever sub-model
-        overfits more), when they hold at least 20 events; otherwise every row.
+        ``head_rows="validation"``: the risks are those of the inner
+        validation rows, which neither sub-model trained on (fitted on training
+        rows, the FC favours whichever sub-model overfits more), when they hold at
+        least 20 events; otherwise every row. ``"all"``: every row.
         """
         rows = self._valid_rows(len(X), split_seed)
         target = survival_target_tensor(y, np.float64)[rows]
-        if target[:, 1].sum() < _MIN_HEAD_EVENTS:  # too few held-out events: every row
+        if self.head_rows == "all" or target[:, 1].sum() < _MIN_HEAD_EVENTS:
             rows = np.arange(len(X))
             target = survival_target_tensor(y, np.float64)
         risks = self._sub_risks(X.iloc[rows], tab[rows])
@@ -670,15 +685,17 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     def _search_alpha_frozen(self, ds: _FusionImages, X: pd.DataFrame, tab: np.ndarray,
                              y: np.ndarray, split_seed: int) -> float:
         """Alpha search over frozen pre-trained sub-models: they do not depend on alpha,
-        so they are trained once and every alpha is scored on the same validation risks
-        (one training instead of one per grid value)."""
+        so they are trained once and every alpha is scored by the C-index of the same
+        risks (of the validation rows, or of every row with ``head_rows="all"``): one
+        training instead of one per grid value."""
         from sksurv.metrics import concordance_index_censored
 
         grid = [float(v) for v in self.alpha_grid]
         self.histories_ = []
         module = self._seeded_module(grid[0])
         self._fit_stages(module, ds, X, tab, y, split_seed)
-        rows = self._valid_rows(len(X), split_seed)
+        rows = (np.arange(len(X)) if self.head_rows == "all"
+                else self._valid_rows(len(X), split_seed))
         risks = self._sub_risks(X.iloc[rows], tab[rows])
         time, event = survival_target_tensor(y, np.float64)[rows].T
         scores: dict[float, float] = {}
