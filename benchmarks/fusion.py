@@ -26,7 +26,8 @@ is the image risk (``aux_risk="only"``), a linear clinical branch, the alpha
 model over frozen pre-trained sub-models, and frozen sub-models combined on every
 training row (``head_rows="all"``). It also reports a reference row, Cox PH
 on the clinical columns plus the cohort's *true* fracture count and SDI: what a
-perfect image branch could add.
+perfect image branch could add (and the true count and SDI alone: what a perfect
+image-only model could reach).
 
 Run: ``python benchmarks/fusion.py [--preset cpu|full] [--variants a,b,...]``.
 ``--update`` reruns only ``--variants`` and keeps the other rows of the preset's
@@ -68,12 +69,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "fusion_kwargs": {"aux_risk": "only", "aux_weight": 1.0, "augment": False,
                                      "tab_hidden": (), "head_rows": "all"},
                    "alpha_kwargs": {"pretrain": "both"},
-                   "variants": ("coxph", "deepsurv", "coxph_true_vf", "cds_image_only_crops",
+                   "variants": ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only",
+                                "cds_image_only_crops",
                                 "cds_late_crops", "cds_alpha_crops", "cds_intermediate_crops")},
 }
-REFERENCE = ("coxph_true_vf",)  # uses the simulation's truth: a ceiling, not a model
+# these use the simulation's truth: ceilings, not models
+REFERENCE = ("coxph_true_vf", "coxph_true_vf_only")
 
-VARIANTS = ("coxph", "deepsurv", "coxph_true_vf", "cds_image_only_full", "cds_intermediate_full",
+VARIANTS = ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only", "cds_image_only_full", "cds_intermediate_full",
             "cds_late_full", "cds_alpha_full", "cds_image_only_crops", "cds_intermediate_crops",
             "cds_late_crops", "cds_alpha_crops", "vitds_intermediate_crops", "vitds_alpha_crops")
 
@@ -88,6 +91,8 @@ def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, s
         return CoxPHSurvivalAnalysis(alpha=1e-3), clinical
     if variant == "coxph_true_vf":
         return CoxPHSurvivalAnalysis(alpha=1e-3), [*clinical, *TRUE_VF]
+    if variant == "coxph_true_vf_only":  # what a perfect image-only model could reach
+        return CoxPHSurvivalAnalysis(alpha=1e-3), list(TRUE_VF)
     if variant == "deepsurv":
         return DeepSurvRegressor(hidden_units=(64, 128), dropout=0.1, max_epochs=200,
                                  batch_size=64, lr=1e-3, validation_fraction=0.15,
