@@ -76,8 +76,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # these use the simulation's truth: ceilings, not models
 REFERENCE = ("coxph_true_vf", "coxph_true_vf_only")
 
-VARIANTS = ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only", "cds_image_only_full", "cds_intermediate_full",
-            "cds_late_full", "cds_alpha_full", "cds_image_only_crops", "cds_intermediate_crops",
+VARIANTS = ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only", "cds_image_only_full",
+            "cds_intermediate_full", "cds_late_full", "cds_alpha_full", "cds_image_only_crops", "cds_intermediate_crops",
             "cds_late_crops", "cds_alpha_crops", "vitds_intermediate_crops", "vitds_alpha_crops")
 
 

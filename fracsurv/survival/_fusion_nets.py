@@ -108,7 +108,7 @@ class _AuxHead(nn.Module):
         self.logits = nn.Linear(n_features, levels)
         self.risk = nn.Linear(levels, 1, bias=False)
         with torch.no_grad():
-            self.risk.weight.zero_()  # starts as the backbone's own risk
+            self.risk.weight.zero_()  # starts adding nothing to the image risk
 
     def forward(self, feats: torch.Tensor,
                 per_crop: tuple[torch.Tensor, torch.Tensor] | None
@@ -116,12 +116,11 @@ class _AuxHead(nn.Module):
         """(logits of shape (B, L, K), summary of shape (B, K))."""
         if per_crop is None:
             logits = self.logits(feats)[:, None, :]
-            return logits, torch.sigmoid(logits[:, 0])
-        crop_logits = self.logits(per_crop[0])  # (B, N, K)
-        present = per_crop[1]
-        if self.per_crop:
-            return crop_logits, pool_crops(torch.sigmoid(crop_logits), present, "sum")
-        logits = pool_crops(crop_logits, present, "max", empty=-30.0)[:, None, :]
+        else:
+            crop_logits, present = self.logits(per_crop[0]), per_crop[1]  # (B, N, K)
+            if self.per_crop:
+                return crop_logits, pool_crops(torch.sigmoid(crop_logits), present, "sum")
+            logits = pool_crops(crop_logits, present, "max", empty=-30.0)[:, None, :]
         return logits, torch.sigmoid(logits[:, 0])
 
 
@@ -247,16 +246,13 @@ class FusionNet(nn.Module):
         auxiliary head).
         """
         feats, per_crop = self.image.encode(image)
-        risk = self.image.head(feats)
+        r_head = self.image.head(feats)
         if self.aux_head is None:
-            return feats, risk, torch.zeros_like(risk), None
+            return feats, r_head, torch.zeros_like(r_head), None
         logits, summary = self.aux_head(feats, per_crop)
-        r_aux = self.aux_head.risk(summary.to(risk.dtype))
-        if self.aux_risk == "none":
-            r_aux = torch.zeros_like(risk)
-        elif self.aux_risk == "only":
-            risk = torch.zeros_like(risk)
-        return feats, risk + r_aux, r_aux, logits
+        r_aux = (torch.zeros_like(r_head) if self.aux_risk == "none"
+                 else self.aux_head.risk(summary.to(r_head.dtype)))
+        return feats, (r_aux if self.aux_risk == "only" else r_head + r_aux), r_aux, logits
 
     def _risk(self, image: torch.Tensor, tabular: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import ValidSplit
 
-from fracsurv._base import check_features, check_survival_y, row_label
+from fracsurv._base import check_features, check_survival_y, row_label, survival_arrays
 from fracsurv.io.refs import is_missing, iter_cell, load_image
 from fracsurv.nn.augment import make_augmenter, rotation_padded_shape
 from fracsurv.nn.backbones import BACKBONES
@@ -274,7 +274,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
                  freeze_pretrained: bool = True, head_rows: str = "validation",
                  tab_hidden: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1, linear_skip: bool = True, aux_column: str | None = None,
-                 aux_weight: float = 0.5, aux_risk: str = "only", augment: bool = True, max_rotation: float = 15.0,
+                 aux_weight: float = 0.5, aux_risk: str = "only", augment: bool = True,
+                 max_rotation: float = 15.0,
                  ties: str = "efron", scheduler: str | None = "cosine", optimizer: str = "adam",
                  lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 32,
                  max_epochs: int = 100, validation_fraction: float = 0.15, patience: int = 20,
@@ -426,15 +427,14 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
             lab = self._per_crop_labels(X, cells)
         else:
             lab = pd.to_numeric(X[self.aux_column], errors="coerce").to_numpy(float)[:, None]
-        flat = lab.reshape(len(X), -1)
-        bad = np.argwhere(np.isfinite(flat) & ((flat < 0) | (flat != np.round(flat))))
+        bad = np.argwhere(np.isfinite(lab) & ((lab < 0) | (lab != np.round(lab))))
         if bad.size:
             r, k = (int(v) for v in bad[0])
             where = f", crop {k}" if per_crop else ""
             raise ValueError(f"aux_column {self.aux_column!r} must hold 0/1 labels or grades "
                              f"0, 1, 2, ... (NaN = unknown): {row_label(X, r)}{where} has "
-                             f"{float(flat[r, k])!r}")
-        self.aux_levels_ = max(1, int(np.nanmax(flat, initial=0.0)))
+                             f"{float(lab[r, k])!r}")
+        self.aux_levels_ = max(1, int(np.nanmax(lab, initial=0.0)))
         self.aux_per_crop_ = per_crop
         return lab
 
@@ -688,7 +688,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         so they are trained once and every alpha is scored by the C-index of the same
         risks (of the validation rows, or of every row with ``head_rows="all"``): one
         training instead of one per grid value."""
-        from sksurv.metrics import concordance_index_censored
+        from fracsurv.metrics import concordance_index
 
         grid = [float(v) for v in self.alpha_grid]
         self.histories_ = []
@@ -697,12 +697,9 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         rows = (np.arange(len(X)) if self.head_rows == "all"
                 else self._valid_rows(len(X), split_seed))
         risks = self._sub_risks(X.iloc[rows], tab[rows])
-        time, event = survival_target_tensor(y, np.float64)[rows].T
-        scores: dict[float, float] = {}
-        for a in grid:
-            combined = a * risks[:, 0] + (1 - a) * risks[:, 1]
-            scores[a] = (float(concordance_index_censored(event > 0.5, time, combined)[0])
-                         if (event > 0.5).any() else float("nan"))
+        has_events = bool(survival_arrays(y[rows])[0].any())
+        scores = {a: concordance_index(y[rows], a * risks[:, 0] + (1 - a) * risks[:, 1])
+                  if has_events else float("nan") for a in grid}
         finite = {a: v for a, v in scores.items() if np.isfinite(v)}
         best = max(finite, key=finite.get) if finite else grid[0]
         module.alpha.fill_(best)
