@@ -534,3 +534,61 @@ def test_late_head_fitted_on_every_row(data):
     ra = alpha.sub_model_risks(X).to_numpy()
     for a, score in alpha.alpha_scores_.items():
         assert score == pytest.approx(concordance_index(y, a * ra[:, 0] + (1 - a) * ra[:, 1]))
+
+
+def _split_seed(random_state: int) -> int:
+    return int(np.random.RandomState(random_state).randint(0, 2**31 - 1))
+
+
+def _ridge_on_training_rows(est, X, y):
+    """The ridge Cox fit on the inner training rows' standardised clinical inputs."""
+    from fracsurv.survival import fit_ridge_cox
+
+    train = est._split_rows(len(X), _split_seed(est.random_state))[0]
+    z = ((X[TAB].to_numpy() - est.x_mean_) / est.x_scale_).astype(np.float32)
+    t = torch.as_tensor(np.ascontiguousarray(y["time"][train], dtype=float))
+    e = torch.as_tensor(np.ascontiguousarray(y["event"][train], dtype=float))
+    return z, fit_ridge_cox(torch.as_tensor(z[train]), t, e).numpy()
+
+
+def test_linear_clinical_branch_is_the_exact_ridge_cox_fit(data):
+    """linear_init='cox', tab_hidden=(): the clinical sub-model is fitted, not trained;
+    'random' trains it from a random start instead."""
+    (X, y, _), _ = data
+    kw = {**FAST, "tab_hidden": (), "max_epochs": 3, "validation_fraction": 0.25}
+    est = FusionSurvival(image_input="crops", fusion="late", **kw).fit(X, y)
+    assert est.histories_[0]["stage"] == "tabular" and est.histories_[0]["history"] == []
+    assert [h["stage"] for h in est.histories_] == ["tabular", "image"]
+    z, w = _ridge_on_training_rows(est, X, y)
+    risk = est.sub_model_risks(X)["risk_clinical"].to_numpy()
+    np.testing.assert_allclose(risk, z.astype(float) @ w, rtol=1e-4, atol=1e-5)
+    rand = FusionSurvival(image_input="crops", fusion="late", linear_init="random", **kw)
+    rand.fit(X, y)
+    assert len(rand.histories_[0]["history"]) == 3
+    assert not np.allclose(rand.sub_model_risks(X)["risk_clinical"], risk, atol=1e-3)
+    with pytest.raises(ValueError, match="linear_init"):
+        clone(est).set_params(linear_init="zeros").fit(X, y)
+
+
+class _SnapshotFirstStage(FusionSurvival):
+    """Records the clinical branch's weights when the first training stage starts."""
+
+    def _train_stage(self, module, stage, frozen, ds, split_seed):
+        if not hasattr(self, "start_"):
+            self.start_ = {k: v.clone() for k, v in module.tabular.state_dict().items()}
+        return super()._train_stage(module, stage, frozen, ds, split_seed)
+
+
+@pytest.mark.parametrize("fusion", ["intermediate", "late"])
+def test_mlp_clinical_branch_starts_at_the_linear_cox_model(data, fusion):
+    """With hidden layers the skip term starts at the ridge fit and the MLP's head at 0,
+    so training (end to end for intermediate, alone for late) starts from linear Cox."""
+    (X, y, _), _ = data
+    est = _SnapshotFirstStage(image_input="crops", fusion=fusion,
+                              **{**FAST, "max_epochs": 2, "validation_fraction": 0.25})
+    est.fit(X, y)
+    _, w = _ridge_on_training_rows(est, X, y)
+    np.testing.assert_allclose(est.start_["skip.weight"].numpy().ravel(), w, rtol=1e-4,
+                               atol=1e-6)
+    assert not est.start_["head.weight"].any()
+    assert est.histories_[0]["history"]  # and then trained

@@ -2,6 +2,6 @@
 
 from fracsurv.survival.deepsurv import DeepSurvRegressor
 from fracsurv.survival.fusion import FusionSurvival
-from fracsurv.survival.loss import CoxLoss, cox_nll
+from fracsurv.survival.loss import CoxLoss, cox_nll, fit_ridge_cox
 
-__all__ = ["CoxLoss", "DeepSurvRegressor", "FusionSurvival", "cox_nll"]
+__all__ = ["CoxLoss", "DeepSurvRegressor", "FusionSurvival", "cox_nll", "fit_ridge_cox"]

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["CoxLoss", "cox_nll"]
+__all__ = ["CoxLoss", "cox_nll", "fit_ridge_cox"]
 
 
 # exp(x - max) stays a normal float over this spread of log-hazards, so the
@@ -154,3 +154,41 @@ class CoxLoss(torch.nn.Module):
     def forward(self, log_hazard: Tensor, y_true: Tensor) -> Tensor:
         return cox_nll(log_hazard, y_true[:, 0], y_true[:, 1], ties=self.ties,
                        reduction=self.reduction)  # type: ignore[arg-type]
+
+
+def fit_ridge_cox(x: Tensor, time: Tensor, event: Tensor, *, l2: float = 1e-2,
+                  ties: Literal["efron", "breslow"] = "efron") -> Tensor:
+    r"""Weights ``w`` minimising ``cox_nll(x @ w) + l2 * ||w||^2`` (full batch, L-BFGS).
+
+    A linear Cox model on the same partial likelihood (and ties) that the
+    networks train on, fitted to convergence in float64: the late-fusion FC on
+    the sub-models' risks, and the exact start of a clinical branch's linear
+    term. (scikit-survival's ``CoxPHSurvivalAnalysis`` fits the same model
+    with a summed likelihood; this keeps the penalty on the networks' mean
+    loss scale and the tensors on their device.)
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, p)
+        Covariates, best standardised (the penalty treats them alike).
+    time, event : Tensor of shape (n,)
+    l2 : float
+    ties : {"efron", "breslow"}
+
+    Returns
+    -------
+    Tensor of shape (p,), float64.
+    """
+    x = x.detach().double()
+    t, e = time.detach().double(), event.detach().double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = cox_nll(x @ w, t, e, ties=ties) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
