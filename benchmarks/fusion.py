@@ -22,7 +22,8 @@ the image branch (``aux_column``).
 ``--preset cpu-graded`` adds what ``docs/fusion_survival.md`` measured next: 2000
 patients, every visible vertebra (18 slots), the Genant grade of each crop as an
 ordinal auxiliary label whose summary (expected vertebrae at or above each grade)
-is the image risk (``aux_risk="only"``), a linear clinical branch, the alpha
+is the image risk (``aux_risk="only"``), a linear clinical branch fitted exactly
+(``linear_init="cox"``, the default), the alpha
 model over frozen pre-trained sub-models, and frozen sub-models combined on every
 training row (``head_rows="all"``). It also reports a reference row, Cox PH
 on the clinical columns plus the cohort's *true* fracture count and SDI: what a
@@ -50,7 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"n_patients": 500, "image_shape": (128, 64), "crop_size": (24, 24),
             "image_input_shape": (96, 48), "backbone": "resnet10-tiny", "epochs": 12,
             "batch_size": 32, "lr": 2e-3, "patience": 0, "validation_fraction": 0.15,
-            "alpha_grid": (0.4, 0.6, 0.8)},
+            "alpha_grid": (0.4, 0.6, 0.8),
+            # measured before linear_init existed: this reproduces fusion_cpu.json
+            "fusion_kwargs": {"linear_init": "random"}},
     "full": {"n_patients": 2000, "image_shape": (512, 256), "crop_size": "auto",
              "image_input_shape": (512, 256), "backbone": "resnet50", "epochs": 60,
              "batch_size": 32, "lr": 1e-4, "patience": 15, "validation_fraction": 0.15,
@@ -59,6 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "crop_resize": "fill", "crop_encoder": "shared", "aux_column": "prevalent_vf",
                   "backbone": "resnet10-tiny", "epochs": 12, "batch_size": 32, "lr": 2e-3,
                   "patience": 0, "validation_fraction": 0.15, "alpha_grid": (0.4, 0.6, 0.8),
+                  "fusion_kwargs": {"linear_init": "random"},  # as fusion_cpu_crops.json
                   "variants": ("coxph", "deepsurv", "cds_image_only_crops",
                                "cds_intermediate_crops", "cds_late_crops", "cds_alpha_crops")},
     "cpu-graded": {"n_patients": 2000, "image_shape": (512, 256), "crop_size": (32, 32),
