@@ -685,14 +685,13 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         rows, the FC favours whichever sub-model overfits more), when they hold at
         least 20 events; otherwise every row. ``"all"``: every row.
         """
+        target = survival_target_tensor(y, np.float64)
         rows = self._valid_rows(len(X), split_seed)
-        target = survival_target_tensor(y, np.float64)[rows]
-        if self.head_rows == "all" or target[:, 1].sum() < _MIN_HEAD_EVENTS:
+        if self.head_rows == "all" or target[rows, 1].sum() < _MIN_HEAD_EVENTS:
             rows = np.arange(len(X))
-            target = survival_target_tensor(y, np.float64)
         risks = torch.as_tensor(self._sub_risks(X.iloc[rows], tab[rows]), dtype=torch.float64)
         scale = risks.std(0).clamp_min(1e-6)
-        t = torch.as_tensor(target, dtype=torch.float64)
+        t = torch.as_tensor(target[rows])
         w = fit_ridge_cox((risks - risks.mean(0)) / scale, t[:, 0], t[:, 1], ties=self.ties)
         with torch.no_grad():
             module.fuse.weight.copy_((w / scale).reshape(1, 2).float())
