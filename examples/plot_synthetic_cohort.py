@@ -4,7 +4,7 @@
 Several simulated patients, each baseline radiograph with its annotated vertebral
 keypoints (green: Genant grade 0, orange: grade 1, red: grade 2-3) beside the
 follow-up radiograph of the same anatomy. **Simulated data.** Writes
-``synthetic_cohort_sheet.png``; pass a folder as the first argument to write there.
+``synthetic_cohort_v<generator version>.png``; pass a folder as the first argument to write there.
 """
 
 import sys
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fracsurv.datasets import make_spine_cohort
+from fracsurv.datasets.spine import GENERATOR_VERSION
 from fracsurv.vertebrae.genant import grade_vertebrae
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")
@@ -40,8 +41,9 @@ for k in range(8):
     fu.set_title(f"follow-up, age {row['followup_age']:.0f}", fontsize=9)
 for ax in axes.ravel():
     ax.axis("off")
-fig.suptitle("fracsurv synthetic cohort — SIMULATED DATA", fontsize=14)
+fig.suptitle(f"fracsurv synthetic cohort, generator v{GENERATOR_VERSION} — SIMULATED DATA",
+             fontsize=14)
 fig.tight_layout()
-path = out / "synthetic_cohort_sheet.png"
+path = out / f"synthetic_cohort_v{GENERATOR_VERSION}.png"
 fig.savefig(path, dpi=60)
 print(f"wrote {path}")

@@ -298,7 +298,12 @@ def stage_future(ctx: DemoContext) -> None:
                                                n_seeds=gen.n_seeds)
     ctx.train, ctx.test = gscorer.transform(ctx.train), gscorer.transform(ctx.test)
     grouper = RiskGrouper(baseline_column="bpvf", future_column="gpvf", thresholds="optimal")
-    grouper.fit(ctx.train, ctx.y_train)
+    try:
+        grouper.fit(ctx.train, ctx.y_train)
+    except ValueError as exc:  # too few training events for a log-rank cut (tiny cohorts)
+        print(f"    optimal cut-points unavailable ({exc}); using the study's thresholds",
+              flush=True)
+        grouper.set_params(thresholds=(0.5, 0.6)).fit(ctx.train, ctx.y_train)
     ctx.train, ctx.test = grouper.transform(ctx.train), grouper.transform(ctx.test)
     ctx.fitted.update({"PVFScorer (image)": scorer, "DiffXGenerator": gen,
                        "RiskGrouper": grouper})

@@ -10,14 +10,16 @@ from skimage.draw import polygon as fill_polygon
 from sksurv.metrics import concordance_index_censored
 
 from fracsurv.datasets import CLINICAL_COLUMNS, load_demo_cohort, make_spine_cohort
+from fracsurv.datasets._ageing import AgeingTraits
 from fracsurv.datasets._dicom import decode_to_unit
+from fracsurv.metrics.images import ms_ssim
 from fracsurv.vertebrae.genant import grade_vertebrae
 
 
 @pytest.fixture(scope="module")
 def large():
-    """Clinical data, keypoints and outcomes without images (fast)."""
-    return make_spine_cohort(2500, random_state=7, images=False)
+    """Clinical data, keypoints and outcomes of 3,000 patients, without images (fast)."""
+    return make_spine_cohort(3000, random_state=7, images=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_contract_columns(small):
 
 def test_distributions_in_documented_ranges(large):
     f, y = large.frame, large.target
-    assert f["age"].between(50, 90).all() and 64 < f["age"].mean() < 68
+    assert f["age"].between(50, 95).all() and 64 < f["age"].mean() < 68
     assert 0.62 < f["female"].mean() < 0.70
     assert 0.15 < f["prevalent_vf"].mean() < 0.22
     assert 0.08 < y["event"].mean() < 0.13
@@ -67,13 +69,60 @@ def test_oracle_c_index_well_above_chance(large):
     assert c > 0.70
 
 
-def test_grades_agree_with_keypoints(large):
-    for cell, vf in zip(large.frame["keypoints"][:300], large.frame["prevalent_vf"][:300]):
+def test_hazard_uses_the_grades_of_the_final_keypoints(large):
+    """One source of truth: labels and hazard come from the keypoints, on every patient."""
+    truth = large.truth.patients
+    n_vf, sdi = [], []
+    for cell in large.frame["keypoints"]:
         pts = np.array([v["points"] for v in cell])
-        levels = [v["level"] for v in cell]
-        grades, _, _ = grade_vertebrae(pts)
-        graded = np.array([lv not in ("C7", "T1", "T2", "T3") for lv in levels])
-        assert int((grades[graded] >= 1).any()) == vf
+        graded = np.array([v["level"] not in ("C7", "T1", "T2", "T3") for v in cell])
+        grades = grade_vertebrae(pts)[0][graded]
+        n_vf.append(int((grades >= 1).sum()))
+        sdi.append(int(grades.sum()))
+    assert np.array_equal(n_vf, truth["n_prevalent_vf"])
+    assert np.array_equal(sdi, truth["sdi"])
+    assert np.array_equal(np.array(n_vf) > 0, large.frame["prevalent_vf"].to_numpy() == 1)
+    # the documented log-hazard, recomputed from the table
+    f = large.frame
+    z = (truth["spine_bmd"] - 0.895) / 0.212
+    lp = (0.35 * (f["age"] - 66) / 10 + 0.25 * f["female"] - 0.10 * (f["bmi"] - 24) / 5
+          - 0.30 * (f["tscore_fn"] + 1.5) - 0.40 * z + 0.30 * np.minimum(truth["n_prevalent_vf"], 3)
+          + 0.25 * np.minimum(truth["sdi"], 6) + 0.45 * f["glucocorticoids"]
+          + 0.35 * f["prior_fracture"] + 0.20 * f["parental_hip_fracture"] + 0.15 * f["smoking"]
+          + 0.20 * f["rheumatoid_arthritis"] + 0.15 * f["secondary_osteoporosis"]
+          + 0.15 * f["alcohol_3plus"])
+    np.testing.assert_allclose(lp, large.truth.log_hazard, atol=1e-9)
+
+
+# seed 000 Table 1: (mean, SD or None for proportions)
+TABLE1 = {"age": (65.7, 8.5), "bmi": (24.0, 3.2), "tscore_fn": (-1.7, 1.2),
+          "height_cm": (159.1, 8.5), "weight_kg": (61.1, 10.6), "female": (0.66, None),
+          "prevalent_vf": (0.186, None), "prior_fracture": (0.074, None),
+          "glucocorticoids": (0.047, None), "rheumatoid_arthritis": (0.027, None),
+          "secondary_osteoporosis": (0.020, None)}
+
+
+@pytest.mark.parametrize("column", sorted(TABLE1))
+def test_population_matches_the_diffx_cohort(large, column):
+    values = large.frame[column].to_numpy(dtype=float)
+    mean, sd = TABLE1[column]
+    se = values.std() / np.sqrt(len(values))
+    assert abs(values.mean() - mean) < 3.5 * se, (values.mean(), mean)
+    if sd is not None:
+        assert abs(values.std() - sd) < 0.12 * sd, (values.std(), sd)
+
+
+def test_events_and_followup_as_in_the_diffx_cohort(large):
+    y = large.target
+    assert 0.085 < y["event"].mean() < 0.12
+    assert 30 < 12 * y["time"].mean() < 40  # months; seed: 34.8
+
+
+def test_spine_bmd_correlates_with_the_femoral_neck_tscore(large):
+    bmd = large.truth.patients["spine_bmd"]
+    r = np.corrcoef(bmd, large.frame["tscore_fn"])[0, 1]
+    assert 0.58 < r < 0.72
+    assert abs(bmd.mean() - 0.895) < 0.02 and abs(bmd.std() - 0.212) < 0.02
 
 
 def test_bone_brighter_inside_keypoints_than_in_disc(small):
@@ -133,3 +182,73 @@ def test_demo_cohort_is_cached(tmp_path):
     assert a.frame["patient_id"].tolist() == b.frame["patient_id"].tolist()
     assert isinstance(a.frame["keypoints"][0], list)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_ageing_only_moves_forward():
+    rng = np.random.default_rng(0)
+    traits = AgeingTraits.draw(62.0, True, False, rng)
+    states = [traits.at(t) for t in (0, 2, 5, 10, 20)]
+    for old, new in itertools.pairwise(states):
+        assert len(new.plaques) >= len(old.plaques)  # plaques persist, new ones appear
+        assert (new.disc_scale <= old.disc_scale).all()
+        assert (new.osteophyte_mm >= old.osteophyte_mm).all()
+        assert new.cortex_mm <= old.cortex_mm and new.endplate_mm >= old.endplate_mm
+    assert len(states[-1].plaques) > len(states[0].plaques)
+    assert states[-1].disc_scale.mean() < states[0].disc_scale.mean()
+
+
+def test_plaque_load_tracks_age():
+    rng = np.random.default_rng(1)
+    ages = rng.uniform(50, 90, 400)
+    load = [AgeingTraits.draw(a, True, False, rng).at(0.0).plaques[:, 2].sum() for a in ages]
+    assert np.corrcoef(ages, load)[0, 1] > 0.85
+
+
+def test_followup_is_the_same_patient_aged():
+    """MS-SSIM(baseline, follow-up) >= 0.8 without a new fracture, far above two patients."""
+    b = make_spine_cohort(12, image_shape=(256, 128), random_state=21)
+    fu = b.followups.set_index("patient_id").loc[b.frame["patient_id"]]
+    keep = ~fu["incident_vf_before"].to_numpy()
+    same = ms_ssim([b.frame["image"][i] for i in np.flatnonzero(keep)],
+                   [b.frame["followup_image"][i] for i in np.flatnonzero(keep)])
+    assert keep.sum() >= 8 and np.median(same) >= 0.8 and same.min() > 0.6
+    other = ms_ssim(list(b.frame["image"][:6]), list(b.frame["image"][6:12]))
+    assert other.mean() < np.median(same) - 0.15
+
+
+def test_oracle_is_the_ceiling(large):
+    """The true log-hazard beats Cox models fitted on other patients, also with the truth's covariates."""
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    test = make_spine_cohort(3000, random_state=8, images=False)
+
+    def design(b, full):
+        X = b.frame[list(CLINICAL_COLUMNS)].to_numpy(dtype=float)
+        t = b.truth.patients
+        extra = [np.minimum(t["n_prevalent_vf"], 3), np.minimum(t["sdi"], 6), t["spine_bmd"]]
+        return np.column_stack([X, *extra]) if full else X
+
+    def c(risk):
+        return concordance_index_censored(test.target["event"], test.target["time"], risk)[0]
+
+    oracle = c(test.truth.log_hazard)
+    for full in (False, True):
+        cox = CoxPHSurvivalAnalysis().fit(design(large, full), large.target)
+        assert oracle >= c(cox.predict(design(test, full))) - (0.002 if full else -0.01)
+
+
+def test_openjpeg_encoder_stays_quiet(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    make_spine_cohort(8, image_shape=(64, 32), random_state=3, out_dir=tmp_path)
+    assert any(p.suffix == ".dcm" for p in (tmp_path / "images").iterdir())
+    assert not [r for r in caplog.records if "tile number" in r.getMessage()]
+
+
+def test_demo_cache_is_keyed_by_generator_version(tmp_path):
+    from fracsurv.datasets.spine import GENERATOR_VERSION
+
+    load_demo_cohort(n_patients=4, image_shape=(64, 32), data_home=tmp_path)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert GENERATOR_VERSION == 4 and names == ["spine_v4_n4_64x32_rs2024"]

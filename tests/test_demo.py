@@ -7,7 +7,7 @@ from fracsurv.cli import main
 
 def test_demo_writes_report_with_every_section(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FRACSURV_DATA", str(tmp_path / "data"))
-    assert main(["demo", "--out", str(tmp_path), "--tiny", "--n-patients", "120",
+    assert main(["demo", "--out", str(tmp_path), "--tiny", "--n-patients", "200",
                  "--image-shape", "128x64"]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "SIMULATED DATA" in html

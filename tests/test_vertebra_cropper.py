@@ -55,7 +55,7 @@ def _scores(out: pd.DataFrame, truth: pd.Series) -> tuple[float, float, float]:
 
 @pytest.fixture(scope="session")
 def cohorts():
-    train = make_spine_cohort(40, image_shape=SHAPE, random_state=11, dicom=False, n_followups=0)
+    train = make_spine_cohort(80, image_shape=SHAPE, random_state=11, dicom=False, n_followups=0)
     test = make_spine_cohort(8, image_shape=SHAPE, random_state=12, dicom=False, n_followups=0)
     return train.frame, test.frame
 
@@ -63,7 +63,7 @@ def cohorts():
 @pytest.fixture(scope="session")
 def fitted(cohorts):
     torch.set_num_threads(1)
-    return VertebraCropper(max_epochs=24, **TINY).fit(cohorts[0])
+    return VertebraCropper(max_epochs=100, **TINY).fit(cohorts[0])
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,7 @@ def build_column(
     fractures: dict[str, Fracture],
     rng: np.random.Generator,
     tilt_deg: float = 0.0,
+    disc_scale: np.ndarray | float = 1.0,
 ) -> Column:
     """Stack C7-L5 and the sacrum.
 
@@ -77,18 +78,21 @@ def build_column(
         For small per-level variation.
     tilt_deg : float
         Overall inclination of the column.
+    disc_scale : float or array of shape (18,)
+        Multiplies each disc's height (disc narrowing with age, ``fracsurv.datasets._ageing``).
     """
     n = len(LEVELS)
     hp = _BODY_HEIGHT * size * rng.normal(1.0, 0.02, n)
     depth = _BODY_DEPTH * size * rng.normal(1.0, 0.02, n)
-    disc = _DISC_HEIGHT * size * rng.normal(1.0, 0.05, n)
+    disc = _DISC_HEIGHT * size * rng.normal(1.0, 0.05, n) * np.broadcast_to(disc_scale, (n,))
     ha = hp.copy()
-    hm = hp * 0.985
     thoracic = np.array([name.startswith("T") for name in LEVELS])
     lumbar = np.array([name.startswith("L") for name in LEVELS])
     ha[thoracic] *= 0.95  # healthy thoracic bodies are slightly wedged
     ha[lumbar] *= 1.02
-    concave = np.zeros(n)
+    # healthy endplates are slightly concave: the middle height is ~3 % below the
+    # mean of the anterior and posterior heights (Genant reduction ~5 %, far from 20 %)
+    hm = (hp + ha) / 2 * 0.97
     for name, fx in fractures.items():
         i = LEVEL_INDEX[name]
         r = fx.reduction
@@ -102,7 +106,6 @@ def build_column(
             ha[i] = hp[i] * (1 - r) * 0.99
             hm[i] = hp[i] * (1 - r) * 0.985
             hp[i] = hp[i] * (1 - r)
-        concave[i] = 1.0
     body_wedge = np.arctan2(ha - hp, depth)  # negative = kyphotic
     t_idx = np.flatnonzero(thoracic)
     disc_angle = np.zeros(n)
@@ -119,7 +122,7 @@ def build_column(
         a, d = _unit(phi)
         dep = depth[i]
         sag = (hp[i] + ha[i]) / 2 - hm[i]  # endplate concavity at the middle
-        top_mid_drop = sag / 2 if concave[i] else 0.0
+        top_mid_drop = sag / 2
         pts[i, 0] = p0
         pts[i, 2] = p0 + dep * a
         pts[i, 1] = p0 + dep / 2 * a + top_mid_drop * d

@@ -13,6 +13,7 @@ inversion), exact to ``1 / (0.9 M)``.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ class ImageWriter:
     """Writes images under ``out_dir/images`` with index-based, non-identifying names."""
 
     def __init__(self, out_dir: Path, dicom: bool = True, seed: int | None = None) -> None:
+        # the openjpeg encoder logs "tile number 1 / 1" at INFO for every JPEG 2000 file;
+        # an application that shows INFO (as `fracsurv demo` does) must not print it
+        logging.getLogger("openjpeg").setLevel(logging.WARNING)
         self.dir = Path(out_dir) / "images"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dicom = dicom

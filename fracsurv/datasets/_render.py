@@ -1,22 +1,25 @@
-"""Rendering of a simulated lateral spine radiograph (vectorised numpy/scikit-image).
+"""Rendering of a simulated lateral spine radiograph (generator version 4).
 
-Attenuation layers — soft-tissue envelope (thickness from BMI), lung field over
-the thorax, ribs, posterior elements, vertebral bodies (cortical rim, endplates,
-trabecular texture with density from BMD), pelvis and sacrum — are summed,
-blurred by the acquisition's sharpness, turned into a transmitted-intensity
-image (bone bright), and given the manufacturer's contrast curve, quantum noise,
-collimation and a lead side marker.
+A radiograph is a log-domain sum: every structure adds its attenuation (``mu`` times
+the path length of the beam through it, :mod:`~fracsurv.datasets._soft` for soft
+tissue and air on a coarse grid, :mod:`~fracsurv.datasets._bone` for bone at full
+resolution), the detector sees ``exp(-attenuation)`` plus scatter and quantum noise,
+and the vendor's processing takes the log, compresses the dynamic range, windows and
+applies its tone curve (bone bright). Each structure drawn is listed in
+``docs/synthetic_cohort.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
-from scipy import ndimage
+from scipy import ndimage, special
 
-from fracsurv.datasets._anatomy import LEVELS, Column
+from fracsurv.datasets import _bone as bone
+from fracsurv.datasets._ageing import AORTA_LEVELS, AgeingState, AgeingTraits
+from fracsurv.datasets._anatomy import GRADED_LEVELS, LEVELS, Column
+from fracsurv.datasets._soft import SoftTraits, soft_attenuation
 
 
 @dataclass(frozen=True)
@@ -35,20 +38,25 @@ class Profile:
     jpeg2000: bool
     rescale: tuple[float, float]  # slope, intercept
     spacing_tag: str  # PixelSpacing | ImagerPixelSpacing | none
+    scatter: float = 0.15  # scatter-to-primary ratio of a 24 kg/m2 patient
+    drc: float = 0.55  # dynamic-range compression of the large-scale signal
 
 
 PROFILES: tuple[Profile, ...] = (
     Profile("SIMULATED Vendor A", "CR", 0.80, 1.15, 0.020, 0.35, 0.06, 12, True, False,
-            (1.0, 0.0), "ImagerPixelSpacing"),
+            (1.0, 0.0), "ImagerPixelSpacing", 0.20, 0.50),
     Profile("SIMULATED Vendor B", "DX", 1.00, 1.00, 0.015, 0.25, 0.03, 14, False, True,
-            (1.0, 0.0), "PixelSpacing"),
+            (1.0, 0.0), "PixelSpacing", 0.10, 0.65),
     Profile("SIMULATED Vendor C", "DX", 1.25, 0.90, 0.025, 0.45, 0.08, 16, False, False,
-            (0.5, -1024.0), "PixelSpacing"),
+            (0.5, -1024.0), "PixelSpacing", 0.15, 0.45),
     Profile("SIMULATED Vendor D", "CR", 0.90, 1.25, 0.030, 0.55, 0.10, 15, True, True,
-            (1.0, 0.0), "ImagerPixelSpacing"),
+            (1.0, 0.0), "ImagerPixelSpacing", 0.25, 0.55),
     Profile("SIMULATED Vendor E", "DX", 1.10, 1.05, 0.018, 0.30, 0.05, 12, False, False,
-            (1.0, 0.0), "none"),
+            (1.0, 0.0), "none", 0.12, 0.60),
 )
+
+TEXEL_MM = 0.3  # resolution of the trabecular field
+_TEX_SIZE = 192
 
 # 5x7 bitmaps of the side markers.
 _GLYPHS = {
@@ -57,52 +65,142 @@ _GLYPHS = {
 }
 
 
-def make_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Trabecular-like texture (zero mean, unit-ish SD): band-passed, vertically streaked noise."""
-    base = rng.standard_normal(shape).astype(np.float32)
-    fine = ndimage.gaussian_filter(base, sigma=(2.2, 1.0))
-    coarse = ndimage.gaussian_filter(base, sigma=6.0)
-    tex = fine - 0.6 * coarse
-    return tex / (tex.std() + 1e-6)
+@dataclass
+class PatientLook:
+    """Everything persistent about how one patient looks, drawn once for all visits."""
+
+    ageing: AgeingTraits
+    soft: SoftTraits
+    vertical: np.ndarray  # trabecular noise fields (texels)
+    horizontal: np.ndarray
+    tex_offset: np.ndarray  # (18, 2) mm: where each body samples the fields
+    width_factor: np.ndarray  # (18,) lateral width of each body
+    rib_jitter: np.ndarray  # (18, 3)
+    pelvis_jitter: np.ndarray  # (4,)
+    setup: np.ndarray  # (7,) in [0, 1]: collimation of the 4 edges, side-marker placement
+    _fractions: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def draw(cls, ageing: AgeingTraits, bmi: float, female: bool,
+             rng: np.random.Generator) -> PatientLook:
+        """Draw a patient's traits around their (already drawn) ageing traits."""
+        soft = SoftTraits.draw(bmi, female, rng)
+        noise = rng.standard_normal((2, _TEX_SIZE, _TEX_SIZE)).astype(np.float32)
+        vert = ndimage.gaussian_filter(noise[0], (3.5, 0.7), mode="wrap")
+        horiz = ndimage.gaussian_filter(noise[1], (0.7, 2.5), mode="wrap")
+        n = len(LEVELS)
+        return cls(ageing, soft, vert / vert.std(), horiz / horiz.std(),
+                   rng.uniform(0, _TEX_SIZE * TEXEL_MM, (n, 2)), rng.normal(1.0, 0.04, n),
+                   rng.normal(0.0, 1.0, (n, 3)), rng.normal(0.0, 1.0, 4), rng.random(7))
+
+    def trabecular_fraction(self, spine_bmd: float, mm_per_px: float) -> np.ndarray:
+        """Bone-volume fraction field for a spine BMD, prefiltered for the pixel size.
+
+        Lower BMD raises the threshold on the strut field (thinner, fewer trabeculae)
+        and loses the horizontal trabeculae first, as in osteoporosis.
+        """
+        key = (round(spine_bmd, 5), round(mm_per_px, 5))
+        if key not in self._fractions:
+            rel = float(np.clip((spine_bmd - 0.4) / 0.8, 0.0, 1.2))
+            tex = self.vertical + (0.25 + 0.55 * rel) * self.horizontal
+            tex = tex / tex.std()
+            mean = float(np.clip(0.12 + 0.58 * rel, 0.06, 0.85))
+            frac = special.expit(4.0 * (tex - special.ndtri(1.0 - mean)))
+            sigma = 0.45 * mm_per_px / TEXEL_MM
+            if sigma > 0.5:
+                frac = ndimage.gaussian_filter(frac, sigma, mode="wrap")
+            self._fractions = {key: frac.astype(np.float32)}  # one visit's resolution at a time
+        return self._fractions[key]
 
 
-def _poly(layer: np.ndarray, pts: np.ndarray, value: float) -> None:
-    """Add ``value`` inside the polygon ``pts`` (x, y pixels).
+def _draw_bones(layer: np.ndarray, frame: bone.Frame, column: Column, look: PatientLook,
+                state: AgeingState, spine_bmd: float) -> None:
+    pts = column.points
+    size = float(np.linalg.norm(pts[-1, 3] - pts[0, 0])) / 520.0
+    ant_x = float(pts[:, [2, 5], 0].max())
+    frac = look.trabecular_fraction(spine_bmd, frame.mm)
+    # 1. ribs: both sides of each thoracic level, the far side magnified and blurrier
+    for i, lv in enumerate(LEVELS):
+        if not lv.startswith("T"):
+            continue
+        p = pts[i]
+        a, d, _, hp = bone.body_frame(p)
+        j = look.rib_jitter[i]
+        head = p[0] + d * 0.25 * hp - a * 3.0
+        k = int(lv[1:])
+        for side, (scale, shift, value) in enumerate(((1.0, 0.0, 0.30), (1.07, 5.0, 0.22))):
+            bone.add_rib(layer, frame, head + np.array([shift, 0.6 * shift]),
+                         reach_back=(38 + 2 * j[0]) * size * scale,
+                         reach_front=(ant_x - head[0] + 95 + 4 * j[1]) * scale,
+                         drop=(55 + 3.5 * k + 4 * j[2]) * size * scale,
+                         width=(7.5 + 0.25 * k) * size * scale, value=value + 0.01 * side)
+    # 2. posterior elements, bodies and anterior osteophytes
+    for i, lv in enumerate(LEVELS):
+        p = pts[i]
+        a, d, depth, _ = bone.body_frame(p)
+        bone.add_posterior_elements(layer, frame, p, lv, depth)
+        width = depth * (1.45 if lv.startswith("L") else 1.15) * look.width_factor[i]
+        bone.add_body(layer, frame, p, width_mm=width, cortex_mm=state.cortex_mm,
+                      endplate_mm=state.endplate_mm, trabecular=frac, texel_mm=TEXEL_MM,
+                      offset_mm=look.tex_offset[i])
+        if lv in GRADED_LEVELS:
+            bone.add_osteophyte(layer, frame, p[2], a, -d, float(state.osteophyte_mm[i, 0]))
+            bone.add_osteophyte(layer, frame, p[5], a, d, float(state.osteophyte_mm[i, 1]))
+    # 3. sacrum, iliac wings (crest over L4-L5), femoral heads
+    bone.add_shell(layer, frame, column.sacrum, 0.22, 0.25, 2.0)
+    s_mid = column.sacrum.mean(axis=0)
+    pj = look.pelvis_jitter
+    for scale, shift in ((1.0, 0.0), (1.06, 6.0)):
+        centre = s_mid + np.array([22 + 6 * pj[0] + shift, -38 + 5 * pj[1]]) * size
+        rx, ry = 82 * size * scale, 66 * size * scale
+        bone.add_polygon(layer, frame.px(bone.ellipse(centre, rx, ry)), 0.08)
+        crest = bone.ellipse(centre, rx, ry, n=24, phase=np.pi)[:13]  # the superior half
+        outline = np.vstack([crest, (centre + (crest - centre) * (1 - 4.0 / ry))[::-1]])
+        bone.add_polygon(layer, frame.px(outline), 0.22)
+        head = s_mid + np.array([62 + 5 * pj[2] + shift, 100 + 5 * pj[3]]) * size
+        bone.add_shell(layer, frame, bone.ellipse(head, 24 * size * scale, 24 * size * scale),
+                       0.20, 0.25, 2.5)
+    # 4. calcified plaques of the aortic wall, anterior to the spine
+    _draw_plaques(layer, frame, column, state)
 
-    Pillow's scan-line fill on the polygon's bounding box: scikit-image's
-    ``draw.polygon`` tests every box pixel against every edge, which was 50x
-    slower for the long rib and envelope outlines.
-    """
-    h, w = layer.shape
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 1
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if cx0 >= cx1 or cy0 >= cy1:
+
+def _draw_plaques(layer: np.ndarray, frame: bone.Frame, column: Column,
+                  state: AgeingState) -> None:
+    if not len(state.plaques):
         return
-    mask = Image.new("1", (cx1 - cx0, cy1 - cy0), 0)
-    ImageDraw.Draw(mask).polygon((pts - [cx0, cy0]).ravel().tolist(), fill=1)
-    layer[cy0:cy1, cx0:cx1] += value * np.asarray(mask, dtype=np.float32)
+    idx = [LEVELS.index(lv) for lv in AORTA_LEVELS]
+    p = column.points[idx]
+    mid = (p[:, 2] + p[:, 5]) / 2
+    a = (p[:, 2] - p[:, 0]) + (p[:, 5] - p[:, 3])
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    r = state.aorta_radius_mm
+    lumbar = np.array([lv.startswith("L") for lv in AORTA_LEVELS])
+    centre = mid + a * np.where(lumbar, r + 2.0, r - 6.0)[:, None]
+    seg = np.linalg.norm(np.diff(centre, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)]) / max(seg.sum(), 1e-6)
+    for s, wall, length, width, dens in state.plaques:
+        c = np.array([np.interp(s, arc, centre[:, 0]), np.interp(s, arc, centre[:, 1])])
+        k = min(int(np.searchsorted(arc, s, side="right")) - 1, len(seg) - 1)
+        t = (centre[k + 1] - centre[k]) / max(seg[k], 1e-6)
+        n = np.array([-t[1], t[0]])
+        n = n if n @ a[k] >= 0 else -n
+        pos = c + n * (r if wall else -r)
+        bone.add_line(layer, frame, pos - t * length / 2, pos + t * length / 2, width,
+                      bone.MU_CALCIUM * 14.0 * dens)
 
 
-def _shrink(pts: np.ndarray, by: float) -> np.ndarray:
-    c = pts.mean(axis=0)
-    size = np.linalg.norm(pts - c, axis=1).mean()
-    return c + (pts - c) * max(0.1, 1 - by / max(size, 1e-6))
+def _upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    if factor == 1:
+        return coarse[: shape[0], : shape[1]]
+    up = ndimage.zoom(coarse, factor, order=1, grid_mode=True, mode="nearest")
+    return up[: shape[0], : shape[1]]
 
 
-def _body_outline(p: np.ndarray) -> np.ndarray:
-    """Polygon through the six keypoints: superior endplate, anterior wall, inferior, posterior."""
-    return p[[0, 1, 2, 5, 4, 3]]
-
-
-def _arc(start: np.ndarray, end: np.ndarray, bulge: float, width: float, n: int = 24) -> np.ndarray:
-    """A thick circular-ish arc (rib) as a polygon."""
-    t = np.linspace(0, 1, n)[:, None]
-    line = start + t * (end - start)
-    normal = np.array([-(end - start)[1], (end - start)[0]])
-    normal = normal / (np.linalg.norm(normal) + 1e-9)
-    centre = line + (4 * t * (1 - t)) * bulge * normal
-    return np.vstack([centre + width / 2 * normal, (centre - width / 2 * normal)[::-1]])
+def _block_mean(img: np.ndarray, factor: int) -> np.ndarray:
+    h, w = img.shape
+    hc, wc = -(-h // factor), -(-w // factor)
+    padded = np.pad(img, ((0, hc * factor - h), (0, wc * factor - w)), mode="edge")
+    return padded.reshape(hc, factor, wc, factor).mean(axis=(1, 3))
 
 
 def render(
@@ -110,11 +208,12 @@ def render(
     *,
     window_mm: tuple[float, float, float, float],
     shape: tuple[int, int],
-    bmd: float,
+    spine_bmd: float,
     bmi: float,
+    look: PatientLook,
+    state: AgeingState,
     profile: Profile,
     facing_left: bool,
-    texture: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one radiograph.
@@ -127,138 +226,76 @@ def render(
         The detector area in mm, in the canonical frame.
     shape : (H, W)
         Pixels.
+    spine_bmd : float
+        Spine BMD (g/cm2) at this visit: sets the trabecular bone fraction.
+    look, state
+        The patient's persistent traits and their ageing state at this visit.
+    rng : Generator
+        Visit-specific randomness (bowel gas, noise, small changes of the collimation
+        and of the side marker's place around the patient's usual set-up).
 
     Returns
     -------
     image : float32 (H, W) in [0, 1], bone bright
     points_px : (18, 6, 2) keypoints in pixel (x, y)
     """
+    # 1. geometry: the detector frame and the keypoints in pixels
     h, w = shape
     top, left, height_mm, _ = window_mm
-    mm = height_mm / h  # mm per pixel (square pixels)
-
-    def to_px(p: np.ndarray) -> np.ndarray:
-        q = (p - [left, top]) / mm
-        if facing_left:  # anterior towards image-left
-            q = q.copy()
-            q[..., 0] = (w - 1) - q[..., 0]
-        return q
-
-    pts = to_px(column.points)
-    tissue = np.zeros(shape, np.float32)
-    bone = np.zeros(shape, np.float32)
-    trab = np.zeros(shape, np.float32)
-
-    ant_x = column.points[:, 2, 0].max()
-    post_x = column.points[:, 0, 0].min()
-    thickness = 1.0 + 0.06 * (bmi - 24.0)
-    y_all = np.array([top - 200, top + height_mm + 200])
-    # soft-tissue envelope: back skin to front skin, smooth edges later by blur
-    back = post_x - (55 + 2.5 * (bmi - 24)) * 1.0
-    front = ant_x + (110 + 6.0 * (bmi - 24))
-    env = np.array([[back, y_all[0]], [front, y_all[0]], [front, y_all[1]], [back, y_all[1]]])
-    _poly(tissue, to_px(env), 0.55 * thickness)
-    # extra muscle mass posteriorly (paraspinal)
-    para = np.array([[back + 5, y_all[0]], [post_x - 8, y_all[0]], [post_x - 8, y_all[1]],
-                     [back + 5, y_all[1]]])
-    _poly(tissue, to_px(para), 0.12)
-    # lungs: an air-filled field anterior to the thoracic spine, diaphragm dome near T10-T11
-    t2, t11 = column.points[LEVELS.index("T2")], column.points[LEVELS.index("T11")]
-    dome = t11[:, 1].mean() - 10
-    lung = np.array([[ant_x + 4, t2[:, 1].min()], [front - 25, t2[:, 1].min() + 25],
-                     [front - 20, dome - 40], [ant_x + 70, dome], [ant_x + 4, dome + 25]])
-    _poly(tissue, to_px(lung), -0.28)
-    lung_post = np.array([[post_x - 50, t2[:, 1].min() + 20], [post_x - 5, t2[:, 1].min()],
-                          [post_x - 5, dome + 35], [post_x - 45, dome + 10]])
-    _poly(tissue, to_px(lung_post), -0.12)
-    # ribs over the thoracic levels (two sides, slightly offset by magnification)
-    for i, name in enumerate(LEVELS):
-        if not name.startswith("T"):
-            continue
-        p = column.points[i]
-        y0 = p[:, 1].mean()
-        for side, dx in ((0, 0.0), (1, 6.0)):
-            start = np.array([post_x - 35 + dx, y0 - 6])
-            end = np.array([ant_x + 95 + dx, y0 + 48 + 2 * side])
-            rib = _arc(start, end, -18 + 4 * side, 8.0)
-            _poly(bone, to_px(rib), 0.06)
-            _poly(bone, to_px(_shrink(rib, 2.0)), -0.035)
-    # posterior elements and vertebral bodies
-    for i in range(len(LEVELS)):
-        p = column.points[i]
-        a = p[2] - p[0]
-        a = a / (np.linalg.norm(a) + 1e-9)
-        d = p[3] - p[0]
-        hp = np.linalg.norm(d)
-        d = d / (hp + 1e-9)
-        spin = 0.9 if LEVELS[i].startswith("L") else 1.2
-        tip = p[0] - a * column.depth[i] * spin + d * hp * (0.9 if LEVELS[i].startswith("T") else 0.4)
-        post = np.array([p[0] + d * hp * 0.1, p[0] - a * 8 + d * hp * 0.05, tip,
-                         tip + d * 9, p[0] - a * 9 + d * hp * 0.8, p[3] - d * hp * 0.2])
-        _poly(bone, to_px(post), 0.22)
-        outline = to_px(_body_outline(p))
-        _poly(bone, outline, 0.50)  # cortical shell
-        inner = _shrink(outline, 1.6 / mm)
-        _poly(bone, inner, -0.50)
-        _poly(trab, inner, 1.0)
-    # sacrum and pelvis
-    sac = to_px(column.sacrum)
-    _poly(bone, sac, 0.32)
-    _poly(bone, _shrink(sac, 2.0 / mm), -0.12)
-    s_mid = column.sacrum.mean(axis=0)
-    ilium = np.array([s_mid + np.array([r * np.cos(t) * 1.1, r * np.sin(t) * 0.8])
-                      for t, r in zip(np.linspace(0, 2 * np.pi, 40), np.full(40, 75.0))])
-    ilium += [35, -25]
-    _poly(tissue, to_px(ilium), 0.16)
-    femur = np.array([s_mid + np.array([60 + 28 * np.cos(t), 95 + 28 * np.sin(t)])
-                      for t in np.linspace(0, 2 * np.pi, 30)])
-    _poly(tissue, to_px(femur), 0.12)
-
-    density = 0.25 + 0.55 * np.clip(bmd, 0.3, 1.3)
-    tex = texture[: h, : w] if texture.shape[0] >= h and texture.shape[1] >= w else \
-        np.resize(texture, shape)
-    tissue = _smooth_coarse(tissue, sigma_px=7.0 / mm)
-    att = tissue + bone + trab * density * (1.0 + 0.28 * tex)
-    att = ndimage.gaussian_filter(att, sigma=max(profile.blur_mm / mm, 0.4))
-    img = 1.0 - np.exp(-1.6 * np.clip(att, 0, None))
-    img = np.clip((img - img.min()) / (np.ptp(img) + 1e-6), 0, 1) ** profile.gamma
+    frame = bone.Frame(top, left, height_mm / h, (h, w))
+    pts = frame.px(column.points)
+    factor = max(1, min(4, h // 128))
+    # 2. attenuation: soft tissue and air (coarse grid), bone (full resolution, blurred by
+    #    the acquisition's sharpness; the soft layer is smooth already)
+    soft = soft_attenuation(frame, column, look.soft, factor, rng)
+    bones = np.zeros(shape, np.float32)
+    _draw_bones(bones, frame, column, look, state, spine_bmd)
+    bones = ndimage.gaussian_filter(bones, sigma=max(profile.blur_mm / frame.mm, 0.4))
+    # 3. detector: primary + scatter (a broad veil, stronger in larger patients), as a
+    #    low-frequency log-domain correction, with the dynamic-range compression, added to
+    #    the soft layer before its one upsampling
+    low = soft + _block_mean(bones, factor)
+    low = ndimage.gaussian_filter(low, 40.0 / (frame.mm * factor))
+    spr = profile.scatter * (1.0 + 0.04 * (bmi - 24.0))
+    primary_low = np.exp(-low)
+    veil = ndimage.gaussian_filter(primary_low, 60.0 / (frame.mm * factor)) * spr
+    corr = -np.log1p(veil / primary_low) - profile.drc * (low - low.mean())
+    signal = bones + _upsample((soft + corr).astype(np.float32), factor, shape)
+    # 4. quantum noise: relative noise grows where fewer photons arrive (denser paths,
+    #    smaller pixels)
+    per_px = np.float32(2.0 * profile.noise * (0.5 / frame.mm) ** 0.5)
+    sigma = per_px * np.exp(np.float32(0.5) * (signal - np.float32(np.median(signal[::8, ::8]))))
+    signal += sigma * rng.standard_normal(shape, dtype=np.float32)
+    # 5. processing: window on percentiles, tone curve, contrast
+    lo, hi = np.percentile(signal[::3, ::3], [0.5, 99.9])
+    hi += 0.08 * (hi - lo)  # headroom: dense bone keeps its texture, never saturates
+    img = np.clip((signal - lo) / max(hi - lo, 1e-6), 0, 1) ** profile.gamma
     img = np.clip(0.5 + profile.contrast * (img - 0.5), 0, 1)
-    img = img + profile.noise * rng.standard_normal(shape, dtype=np.float32) * np.sqrt(img + 0.05)
-    # collimation: unexposed borders are bright
+    if facing_left:  # anterior towards image-left
+        img = img[:, ::-1]
+        pts = pts.copy()
+        pts[..., 0] = (w - 1) - pts[..., 0]
+    # 6. collimation (unexposed borders are bright) and the lead side marker: the
+    #    department's usual set-up for this patient, jittered per visit
+    img = np.ascontiguousarray(img)
+    setup = np.clip(look.setup + rng.normal(0.0, 0.04, 7), 0.0, 1.0)
     for edge in range(4):
-        frac = rng.uniform(0, profile.collimation)
-        k = int(frac * (h if edge < 2 else w))
+        k = int(setup[edge] * profile.collimation * (h if edge < 2 else w))
         if k:
             sl = (slice(0, k) if edge == 0 else slice(h - k, h), slice(None)) if edge < 2 else \
                 (slice(None), slice(0, k) if edge == 2 else slice(w - k, w))
             img[sl] = 0.92 + 0.02 * img[sl]
-    _marker(img, "L" if facing_left else "R", rng)
+    _marker(img, "L" if facing_left else "R", setup[4:])
     return np.clip(img, 0, 1).astype(np.float32), pts
 
 
-def _smooth_coarse(layer: np.ndarray, sigma_px: float, factor: int = 4) -> np.ndarray:
-    """Wide Gaussian blur computed at 1/``factor`` resolution (soft-tissue edges)."""
-    h, w = layer.shape
-    small = layer[: h - h % factor or h, : w - w % factor or w]
-    small = small.reshape(small.shape[0] // factor, factor, small.shape[1] // factor, factor).mean((1, 3))
-    small = ndimage.gaussian_filter(small, sigma_px / factor)
-    # nearest-neighbour upsampling: the later acquisition blur smooths the steps
-    big = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
-    out = np.empty_like(layer)
-    out[: big.shape[0], : big.shape[1]] = big[: h, : w]
-    if big.shape[0] < h:
-        out[big.shape[0]:] = out[big.shape[0] - 1]
-    if big.shape[1] < w:
-        out[:, big.shape[1]:] = out[:, big.shape[1] - 1: big.shape[1]]
-    return out
-
-
-def _marker(img: np.ndarray, letter: str, rng: np.random.Generator) -> None:
+def _marker(img: np.ndarray, letter: str, place: np.ndarray) -> None:
+    """The lead L/R marker; ``place`` (3 numbers in [0, 1]) sets its row, column and side."""
     h, w = img.shape
     cell = max(1, h // 160)
     glyph = np.array([[c == "1" for c in row] for row in _GLYPHS[letter]])
     big = np.kron(glyph, np.ones((cell, cell), bool))
-    y0 = int(rng.uniform(0.03, 0.12) * h)
-    x0 = int(rng.uniform(0.04, 0.15) * w) if rng.random() < 0.5 else w - big.shape[1] - int(0.06 * w)
+    y0 = int((0.03 + 0.09 * place[0]) * h)
+    x0 = int((0.04 + 0.11 * place[1]) * w) if place[2] < 0.5 else w - big.shape[1] - int(0.06 * w)
     region = img[y0:y0 + big.shape[0], x0:x0 + big.shape[1]]
     region[big[: region.shape[0], : region.shape[1]]] = 0.98
