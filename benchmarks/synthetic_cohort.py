@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import tempfile
 import time
 from typing import Any
@@ -195,9 +196,11 @@ def main() -> None:
                "speed": lambda: _speed(args.n_speed),
                "oracle": lambda: _oracle(args.n_oracle)}
     for part in parts:
+        load_before = os.getloadavg()[0]  # other work on the machine slows the timings
         t0 = time.perf_counter()
         results[part] = runners[part]()
         results[part]["seconds"] = time.perf_counter() - t0
+        results[part]["load_average_1min_before_after"] = [load_before, os.getloadavg()[0]]
         print(part, {k: v for k, v in results[part].items() if k not in ("per_patient", "table")},
               flush=True)
     write_json("synthetic_cohort", {"generator_version": GENERATOR_VERSION,

@@ -190,10 +190,28 @@ def _draw_plaques(layer: np.ndarray, frame: bone.Frame, column: Column,
 
 
 def _upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a cell-centred coarse grid (separable; 3x faster than zoom)."""
     if factor == 1:
         return coarse[: shape[0], : shape[1]]
-    up = ndimage.zoom(coarse, factor, order=1, grid_mode=True, mode="nearest")
-    return up[: shape[0], : shape[1]]
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(n_out) - (factor - 1) / 2) / factor, 0, n_in - 1)
+        i0 = np.floor(pos).astype(int)
+        return i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32)
+
+    r0, r1, wr = axis(shape[0], coarse.shape[0])
+    c0, c1, wc = axis(shape[1], coarse.shape[1])
+    rows = coarse[r0] * (1 - wr)[:, None] + coarse[r1] * wr[:, None]
+    return rows[:, c0] * (1 - wc) + rows[:, c1] * wc
+
+
+def _smooth_wide(arr: np.ndarray, sigma: float) -> np.ndarray:
+    """A wide Gaussian blur, computed on a further-reduced grid when ``sigma`` is large."""
+    k = int(sigma // 4)
+    if k < 2:
+        return ndimage.gaussian_filter(arr, sigma)
+    small = ndimage.gaussian_filter(_block_mean(arr, k), sigma / k)
+    return _upsample(small, k, arr.shape)
 
 
 def _block_mean(img: np.ndarray, factor: int) -> np.ndarray:
@@ -255,10 +273,10 @@ def render(
     #    low-frequency log-domain correction, with the dynamic-range compression, added to
     #    the soft layer before its one upsampling
     low = soft + _block_mean(bones, factor)
-    low = ndimage.gaussian_filter(low, 40.0 / (frame.mm * factor))
+    low = _smooth_wide(low, 40.0 / (frame.mm * factor))
     spr = profile.scatter * (1.0 + 0.04 * (bmi - 24.0))
     primary_low = np.exp(-low)
-    veil = ndimage.gaussian_filter(primary_low, 60.0 / (frame.mm * factor)) * spr
+    veil = _smooth_wide(primary_low, 60.0 / (frame.mm * factor)) * spr
     corr = -np.log1p(veil / primary_low) - profile.drc * (low - low.mean())
     signal = bones + _upsample((soft + corr).astype(np.float32), factor, shape)
     # 4. quantum noise: relative noise grows where fewer photons arrive (denser paths,
