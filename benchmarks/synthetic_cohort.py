@@ -83,7 +83,8 @@ def _visibility(n_train: int, n_test: int, epochs: int) -> dict[str, Any]:
     return {
         "image_shape": list(shape), "n_train": n_train, "n_test": n_test, "epochs": epochs,
         "train_seed": 1101, "test_seed": 1202, "probe_seed": 0,
-        "probe": "MONAI Regressor, channels (16, 32, 64, 96), AdamW 2e-3 one-cycle, MSE, flips",
+        "probe": "MONAI Convolution blocks (16, 32, 64, 96), mean+max pooling, AdamW 2e-3 "
+                 "one-cycle, MSE, flips",
         "train_seconds": time.perf_counter() - t0,
         "age_r2": float(r2_score(age_true, pred[:, 0])),
         "age_mae_years": float(np.mean(np.abs(age_true - pred[:, 0]))),
