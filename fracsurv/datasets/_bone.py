@@ -54,10 +54,24 @@ def add_polygon(layer: np.ndarray, pts: np.ndarray, value: float) -> None:
 
 def add_shell(layer: np.ndarray, frame: Frame, outline_mm: np.ndarray, fill: float,
               rim: float, rim_mm: float) -> None:
-    """A bone with a cortical rim: ``fill`` inside, ``rim`` more within ``rim_mm`` of the edge."""
+    """A bone with a cortical rim: ``fill`` inside, ``rim`` more within ``rim_mm`` of the edge.
+
+    One float canvas: the outline is filled with ``fill + rim``, then its inset overwritten
+    with ``fill``.
+    """
     outer = frame.px(outline_mm)
-    add_polygon(layer, outer, fill + rim)
-    add_polygon(layer, shrink(outer, rim_mm / frame.mm), -rim)
+    inner = shrink(outer, rim_mm / frame.mm)
+    h, w = layer.shape
+    x0, y0 = np.floor(outer.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(outer.max(axis=0)).astype(int) + 1
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return
+    canvas = Image.new("F", (cx1 - cx0, cy1 - cy0), 0.0)
+    draw = ImageDraw.Draw(canvas)
+    draw.polygon((outer - [cx0, cy0]).ravel().tolist(), fill=float(fill + rim))
+    draw.polygon((inner - [cx0, cy0]).ravel().tolist(), fill=float(fill))
+    layer[cy0:cy1, cx0:cx1] += np.asarray(canvas, dtype=np.float32)
 
 
 def add_line(layer: np.ndarray, frame: Frame, a_mm: np.ndarray, b_mm: np.ndarray,

@@ -11,6 +11,7 @@ applies its tone curve (bone bright). Each structure drawn is listed in
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,6 +190,13 @@ def _draw_plaques(layer: np.ndarray, frame: bone.Frame, column: Column,
                       bone.MU_CALCIUM * 14.0 * dens)
 
 
+@functools.lru_cache(maxsize=16)
+def _tone_curve(gamma: float, contrast: float) -> np.ndarray:
+    """The profile's tone curve as a 16-bit lookup table (a power curve, then contrast)."""
+    x = np.linspace(0.0, 1.0, 65536, dtype=np.float64) ** gamma
+    return np.clip(0.5 + contrast * (x - 0.5), 0.0, 1.0).astype(np.float32)
+
+
 def _upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling of a cell-centred coarse grid (separable; 3x faster than zoom)."""
     if factor == 1:
@@ -287,8 +295,8 @@ def render(
     # 5. processing: window on percentiles, tone curve, contrast
     lo, hi = np.percentile(signal[::3, ::3], [0.5, 99.9])
     hi += 0.08 * (hi - lo)  # headroom: dense bone keeps its texture, never saturates
-    img = np.clip((signal - lo) / max(hi - lo, 1e-6), 0, 1) ** profile.gamma
-    img = np.clip(0.5 + profile.contrast * (img - 0.5), 0, 1)
+    level = np.clip((signal - lo) * np.float32(65535.0 / max(hi - lo, 1e-6)), 0, 65535)
+    img = _tone_curve(profile.gamma, profile.contrast)[level.astype(np.uint16)]
     if facing_left:  # anterior towards image-left
         img = img[:, ::-1]
         pts = pts.copy()
