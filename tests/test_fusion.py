@@ -262,9 +262,9 @@ def test_clear_errors(data, fitted):
         est.fit(bad, y)
     with pytest.raises(ValueError, match=r"no image column 'crops'.*CropStacker"):
         est.fit(X.drop(columns=["crops"]), y)
-    with pytest.raises(ValueError, match="fusion must be"):
+    with pytest.raises(ValueError, match="'fusion' parameter of FusionSurvival must be"):
         FusionSurvival(fusion="early", **FAST).fit(X, y)
-    with pytest.raises(ValueError, match="alpha must be"):
+    with pytest.raises(ValueError, match="'alpha' parameter of FusionSurvival must be"):
         FusionSurvival(alpha=1.5, **FAST).fit(X, y)
     with pytest.raises(TypeError, match="DataFrame"):
         est.fit(np.zeros((4, 3)), y[:4])
@@ -423,7 +423,7 @@ def test_aux_label_errors_name_the_row():
     bad = X.assign(label=np.where(np.arange(20) == 4, -1.0, 0.0))
     with pytest.raises(ValueError, match=r"row 504 .*has -1.0"):
         clone(shared).set_params(aux_column="label").fit(bad, y)
-    with pytest.raises(ValueError, match="crop_pool must be"):
+    with pytest.raises(ValueError, match="'crop_pool' parameter of FusionSurvival must be"):
         clone(shared).set_params(crop_pool="median").fit(X, y)
     # a row-level grade (0..3) is an ordinal label with 3 thresholds
     est = clone(shared).set_params(aux_column="sdi").fit(X.assign(sdi=X["sdi"].clip(0, 3)), y)

@@ -23,13 +23,16 @@ anatomy looks like years later.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -181,13 +184,43 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
     n_train_images_ : int
     """
 
-    #: Not parameters: fixed settings the shared base reads.
-    validation_fraction = 0.0
-    patience = 0
-    optimizer = "adam"
-    weight_decay = 0.0
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **{k: v for k, v in TorchEstimatorMixin._parameter_constraints.items()
+           if k in ("lr", "batch_size", "device", "precision", "random_state", "verbose")},
+        "image_column": [str],
+        "followup_column": [str],
+        "followup_age_column": [str],
+        "age_column": [str],
+        "sex_column": [str],
+        "horizons": ["array-like"],
+        "n_seeds": [Interval(Integral, 1, None, closed="left")],
+        "prompt_template": [str],
+        "image_size": [tuple, list],
+        "ae_channels": ["array-like"],
+        "latent_channels": [Interval(Integral, 1, None, closed="left")],
+        "unet_channels": ["array-like"],
+        "layers_per_block": [Interval(Integral, 1, None, closed="left")],
+        "cross_attention_dim": [Interval(Integral, 1, None, closed="left")],
+        "attention_head_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_train_timesteps": [Interval(Integral, 1, None, closed="left")],
+        "n_inference_steps": [Interval(Integral, 1, None, closed="left")],
+        "guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "eta": [Interval(Real, 0, 1, closed="both")],
+        "inject": ["boolean"],
+        "tau_f": [Interval(Real, 0, 1, closed="both")],
+        "tau_attn": [Interval(Real, 0, 1, closed="both")],
+        "injection_block": [Interval(Integral, 0, None, closed="left")],
+        "injection_layer": [Interval(Integral, 0, None, closed="left")],
+        "ae_epochs": [Interval(Integral, 1, None, closed="left")],
+        "ldm_epochs": [Interval(Integral, 1, None, closed="left")],
+        "prompt_dropout": [Interval(Real, 0, 1, closed="both")],
+        "kl_weight": [Interval(Real, 0, None, closed="left")],
+        "generation_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache_dir": [str, os.PathLike, None],
+        "output_shape": [tuple, list, None],
+    }
 
-    def __init__(self, image_column: str = "image", followup_column: str = "followup_image",
+    def __init__(self, image_column: str = "image", *, followup_column: str = "followup_image",
                  followup_age_column: str = "followup_age", age_column: str = "age",
                  sex_column: str = "sex", horizons: Sequence[Any] = (1, 5, 10, "last"),
                  n_seeds: int = 10, prompt_template: str = "An image of {age} years old {sex}",
@@ -244,16 +277,19 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         self.verbose = verbose
 
     # -- checks and data ---------------------------------------------------
-    def _check_params(self) -> None:
+    def _training_settings(self) -> dict[str, Any]:
+        # Fixed, not parameters: Adam without weight decay and without an inner
+        # validation split; each stage sets its own number of epochs.
+        return {"optimizer": "adam", "lr": self.lr, "weight_decay": 0.0,
+                "batch_size": self.batch_size, "max_epochs": 1, "validation_fraction": 0.0,
+                "patience": 0}
+
+    def _check_values(self) -> None:
+        """Rules beyond the declared constraints: the prompt's fields, the horizons and
+        the image size's divisibility by both networks' downsampling."""
         if "{age}" not in self.prompt_template or "{sex}" not in self.prompt_template:
             raise ValueError("prompt_template must contain {age} and {sex}, got "
                              f"{self.prompt_template!r}")
-        for name in ("tau_f", "tau_attn", "prompt_dropout"):
-            v = getattr(self, name)
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
-        if int(self.n_seeds) < 1 or int(self.n_inference_steps) < 1:
-            raise ValueError("n_seeds and n_inference_steps must be at least 1")
         for h in self.horizons:
             if h != "last" and not (isinstance(h, int | float) and h >= 0):
                 raise ValueError(f"horizons are years >= 0 or 'last', got {h!r}")
@@ -265,7 +301,6 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
                              f"{factor * unet_factor} (autoencoder x UNet downsampling)")
 
     def _build(self) -> DiffXModule:
-        self._check_params()
         return DiffXModule(
             template=self.prompt_template, ae_channels=tuple(self.ae_channels),
             latent_channels=int(self.latent_channels), unet_channels=tuple(self.unet_channels),
@@ -346,9 +381,10 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         y : ignored
             Present so the generator fits inside a survival Pipeline.
         """
+        self._validate_params()
         self._require_columns(X, [self.image_column, self.age_column, self.sex_column],
                               type(self).__name__)
-        self._check_params()
+        self._check_values()
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self._seed()

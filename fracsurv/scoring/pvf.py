@@ -10,7 +10,8 @@ images.
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,21 +19,21 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from fracsurv._base import row_label
+from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
-from fracsurv.nn.backbones import default_cam_layer, make_backbone
-from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.backbones import BACKBONES, default_cam_layer, make_backbone
+from fracsurv.nn.base import TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
 from fracsurv.nn.pooling import crops_present, pool_crops
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
 from fracsurv.scoring.gradcam import grad_cam_maps
 
 __all__ = ["PVFScorer"]
-
-_CALIBRATIONS = (None, "temperature", "isotonic")
 
 
 class _Classifier(nn.Module):
@@ -152,9 +153,26 @@ patience, device, precision, random_state, verbose
     module_, net_ : the trained torch module and skorch net.
     """
 
-    def __init__(self, backbone: str = "efficientnet-b4", image_column: str = "image",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **TorchEstimatorMixin._parameter_constraints,
+        "backbone": [StrOptions(set(BACKBONES))],
+        "image_column": [str],
+        "input": [StrOptions({"image", "crops"})],
+        "label_column": [str],
+        "output_column": [str],
+        "input_shape": [tuple, list],
+        "n_seeds": [Interval(Integral, 1, None, closed="left"), None],
+        "class_weight": [StrOptions({"balanced"}), None],
+        "augment": ["boolean"],
+        "calibration": [StrOptions({"temperature", "isotonic"}), None],
+        "calibration_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "crop_encoder": [StrOptions({"channels", "shared"})],
+        "cam_layer": [str, None],
+    }
+
+    def __init__(self, backbone: str = "efficientnet-b4", *, image_column: str = "image",
                  input: str = "image", label_column: str = "prevalent_vf",
-                 output_column: str = "pvf", input_shape: tuple[int, int] = (1024, 512),
+                 output_column: str = "pvf", input_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE,
                  n_seeds: int | None = None, class_weight: str | None = "balanced",
                  augment: bool = True, calibration: str | None = None,
                  calibration_fraction: float = 0.2, crop_encoder: str = "channels",
@@ -195,20 +213,6 @@ patience, device, precision, random_state, verbose
         return tags
 
     # -- validation ------------------------------------------------------
-    def _check_params(self) -> None:
-        if self.input not in ("image", "crops"):
-            raise ValueError(f"input must be 'image' or 'crops', got {self.input!r}")
-        if self.crop_encoder not in ("shared", "channels"):
-            raise ValueError(f"crop_encoder must be 'shared' or 'channels', got {self.crop_encoder!r}")
-        if self.calibration not in _CALIBRATIONS:
-            raise ValueError(f"calibration must be None, 'temperature' or 'isotonic', "
-                             f"got {self.calibration!r}")
-        if self.class_weight not in (None, "balanced"):
-            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
-        shape = tuple(self.input_shape)
-        if len(shape) != 2 or min(int(s) for s in shape) < 8:
-            raise ValueError(f"input_shape must be (H, W) with both >= 8, got {self.input_shape!r}")
-
     def _labels(self, X: pd.DataFrame, y: Any) -> np.ndarray:
         """0/1 labels from a plain ``y`` or, otherwise (None or structured y), ``label_column``."""
         y_arr = None if y is None else np.asarray(y)
@@ -295,7 +299,8 @@ patience, device, precision, random_state, verbose
         -------
         self
         """
-        self._check_params()
+        self._validate_params()
+        check_input_shape(self.input_shape)
         self._check_frame(X)
         labels = self._labels(X, y)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -487,7 +492,6 @@ patience, device, precision, random_state, verbose
         self.module_ = self._module()
 
     def _module(self) -> _Classifier:
-        self._check_params()
         shared = self.input == "crops" and self.crop_encoder == "shared"
         return _Classifier(self.backbone, self.n_channels_,
                            tuple(int(s) for s in self.input_shape), shared)

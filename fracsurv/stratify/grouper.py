@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
 from fracsurv._base import check_survival_y, row_label, survival_arrays
@@ -68,7 +70,17 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
     ``risk_group`` column holds the codes 0 (LL), 1 (LH), 2 (HIGH).
     """
 
-    def __init__(self, baseline_column: str | int = "pvf", future_column: str | int = "gpvf",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "baseline_column": [str, Integral],
+        "future_column": [str, Integral],
+        "thresholds": [tuple, list, StrOptions({"optimal"})],
+        "min_group_fraction": [Interval(Real, 0, 0.5, closed="neither")],
+        "p_value": [StrOptions({"lausen-schumacher", "permutation"})],
+        "n_permutations": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, baseline_column: str | int = "pvf", *, future_column: str | int = "gpvf",
                  thresholds: Any = (0.5, 0.6), min_group_fraction: float = 0.1,
                  p_value: str = "lausen-schumacher", n_permutations: int = 1000,
                  random_state: int | None = None) -> None:
@@ -131,11 +143,10 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        self._validate_params()
         X = self._validate(X, reset=True)
         base, fut = self._scores(X)
         if isinstance(self.thresholds, str):
-            if self.thresholds != "optimal":
-                raise ValueError(f"thresholds must be a pair or 'optimal', got {self.thresholds!r}")
             y = check_survival_y(y, len(base))
             event, time = survival_arrays(y)
             opts = {"min_group_fraction": self.min_group_fraction, "p_value": self.p_value,

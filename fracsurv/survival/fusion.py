@@ -14,21 +14,24 @@ reference in batches; survival functions come from a Breslow baseline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import ValidSplit
 
 from fracsurv._base import check_features, check_survival_y, row_label, survival_arrays
+from fracsurv.contract import CLINICAL_COLUMNS, DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import is_missing, iter_cell, load_image
 from fracsurv.nn.augment import make_augmenter, rotation_padded_shape
 from fracsurv.nn.backbones import BACKBONES
-from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.base import TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
 from fracsurv.nn.pooling import CROP_POOLS
 from fracsurv.survival._fusion_nets import AUX_RISKS, FUSIONS, FusionCoxLoss, FusionNet
@@ -39,15 +42,8 @@ from fracsurv.survival.loss import fit_ridge_cox
 __all__ = ["DEFAULT_ALPHA_GRID", "FusionSurvival"]
 
 DEFAULT_ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the study's sweep
-_INPUTS = ("image", "crops")
 _PRETRAIN = ("auto", "none", "tabular", "image", "both")
 _MIN_HEAD_EVENTS = 20  # held-out events needed to fit the late-fusion FC on them alone
-
-
-def _default_clinical_columns() -> list[str]:
-    from fracsurv.datasets import CLINICAL_COLUMNS
-
-    return list(CLINICAL_COLUMNS)
 
 
 class _FusionImages(ImageDataset):
@@ -154,7 +150,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     tabular_columns : sequence of str, optional
         Clinical columns of X (numeric, no missing values). ``None`` uses the
         data contract's 11 clinical columns
-        (:data:`fracsurv.datasets.CLINICAL_COLUMNS`).
+        (:data:`fracsurv.contract.CLINICAL_COLUMNS`).
     image_column : str, optional
         Column holding images / crop stacks; default ``"image"`` or ``"crops"``
         after ``image_input``.
@@ -277,7 +273,38 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     baseline_model_, unique_times_ : Breslow baseline hazard.
     """
 
-    def __init__(self, image_input: str = "crops", backbone: str = "resnet50",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **TorchEstimatorMixin._parameter_constraints,
+        "image_input": [StrOptions({"image", "crops"})],
+        "backbone": [StrOptions(set(BACKBONES))],
+        "fusion": [StrOptions(set(FUSIONS))],
+        "alpha": [Interval(Real, 0, 1, closed="both"), StrOptions({"search"})],
+        "alpha_grid": ["array-like"],
+        "tabular_columns": ["array-like", None],
+        "image_column": [str, None],
+        "crop_encoder": [StrOptions({"channels", "shared"})],
+        "crop_pool": [StrOptions(set(CROP_POOLS))],
+        "input_shape": [tuple, list, None],
+        "pretrain": [StrOptions(set(_PRETRAIN))],
+        "freeze_pretrained": ["boolean"],
+        "head_rows": [StrOptions({"validation", "all"})],
+        "tab_hidden": ["array-like"],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "linear_skip": ["boolean"],
+        "linear_init": [StrOptions({"cox", "random"})],
+        "aux_column": [str, None],
+        "aux_weight": [Interval(Real, 0, None, closed="left")],
+        "aux_risk": [StrOptions(set(AUX_RISKS))],
+        "augment": ["boolean"],
+        "max_rotation": [Interval(Real, 0, None, closed="left")],
+        "ties": [StrOptions({"efron", "breslow"})],
+        "scheduler": [StrOptions({"cosine"}), None],
+        # trains on mini-batches: no L-BFGS
+        "optimizer": [StrOptions({"adam", "sgd"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+    }
+
+    def __init__(self, image_input: str = "crops", *, backbone: str = "resnet50",
                  fusion: str = "intermediate", alpha: float | str = 0.8,
                  alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
                  tabular_columns: Sequence[str] | None = None, image_column: str | None = None,
@@ -337,50 +364,15 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         tags.target_tags.required = True
         return tags
 
-    def _hp(self, name: str) -> Any:
-        # Early stopping here watches the validation C-index (added in _callbacks),
-        # not the base's mini-batch validation loss, which it would otherwise add.
-        if name == "patience":
-            return 0
-        return super()._hp(name)
-
     # -- parameters and input checks --------------------------------------------
-    def _check_params(self) -> None:
-        if self.image_input not in _INPUTS:
-            raise ValueError(f"image_input must be 'crops' or 'image', got {self.image_input!r}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
-        if self.crop_encoder not in ("channels", "shared"):
-            raise ValueError(f"crop_encoder must be 'channels' or 'shared', got {self.crop_encoder!r}")
-        if self.head_rows not in ("validation", "all"):
-            raise ValueError(f"head_rows must be 'validation' or 'all', got "
-                             f"{self.head_rows!r}")
-        if self.linear_init not in ("cox", "random"):
-            raise ValueError(f"linear_init must be 'cox' or 'random', got {self.linear_init!r}")
-        if self.aux_risk not in AUX_RISKS:
-            raise ValueError(f"aux_risk must be one of {AUX_RISKS}, got {self.aux_risk!r}")
-        if self.crop_pool not in CROP_POOLS:
-            raise ValueError(f"crop_pool must be one of {CROP_POOLS}, got {self.crop_pool!r}")
-        if self.pretrain not in _PRETRAIN:
-            raise ValueError(f"pretrain must be one of {_PRETRAIN}, got {self.pretrain!r}")
-        if isinstance(self.alpha, str):
-            if self.alpha != "search":
-                raise ValueError(f"alpha must be a float in [0, 1] or 'search', got {self.alpha!r}")
+    def _check_rules(self) -> None:
+        """Rules beyond the declared constraints: the alpha grid searched and the shape."""
+        if self.alpha == "search":
             grid = [float(a) for a in self.alpha_grid]
             if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
                 raise ValueError(f"alpha_grid must hold values in [0, 1], got {self.alpha_grid!r}")
-        elif not 0.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if self.scheduler not in (None, "cosine"):
-            raise ValueError(f"scheduler must be 'cosine' or None, got {self.scheduler!r}")
-        if str(self.optimizer).lower() == "lbfgs":
-            raise ValueError("FusionSurvival trains on mini-batches: use optimizer='adam' or 'sgd'")
         if self.input_shape is not None:
-            shape = tuple(self.input_shape)
-            if len(shape) != 2 or min(int(s) for s in shape) < 8:
-                raise ValueError(f"input_shape must be (H, W) with both >= 8, got {self.input_shape!r}")
+            check_input_shape(self.input_shape)
 
     def _pretrain_parts(self) -> tuple[str, ...]:
         mode = self.pretrain
@@ -397,7 +389,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     def _tab_cols(self) -> list[str]:
         if self.fusion == "image_only":
             return []
-        cols = (_default_clinical_columns() if self.tabular_columns is None
+        cols = (list(CLINICAL_COLUMNS) if self.tabular_columns is None
                 else [str(c) for c in self.tabular_columns])
         if not cols:
             raise ValueError("tabular_columns is empty; use fusion='image_only' for images alone")
@@ -500,7 +492,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         if self.input_shape is not None:
             base = tuple(int(s) for s in self.input_shape)
         elif self.image_input == "image":
-            base = (1024, 512)
+            base = DEFAULT_IMAGE_SHAPE
         else:
             base = (int(first.shape[1]), int(first.shape[2]))
         self.base_shape_ = base
@@ -536,7 +528,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         epochs = int(self.max_epochs)
         aux_w = float(self.aux_weight) if self.aux_column is not None else 0.0
         net = self._make_net(module, FusionCoxLoss(self.ties, aux_w), n_train=len(ds),
-                             callbacks=self._callbacks(epochs),
+                             # early stopping on the validation C-index, in _callbacks
+                             callbacks=self._callbacks(epochs), early_stopping=False,
                              iterator_kwargs={"num_workers": int(self.num_workers)})
         if self.validation_fraction:
             net.train_split = ValidSplit(float(self.validation_fraction), stratified=False,
@@ -613,7 +606,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         -------
         self
         """
-        self._check_params()
+        self._validate_params()
+        self._check_rules()
         tab_cols = self._tab_cols()
         tab = self._check_frame(X, tab_cols)
         y = check_survival_y(y, len(X))

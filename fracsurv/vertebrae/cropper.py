@@ -11,12 +11,14 @@ See ``docs/vertebra_cropper.md``.
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Dataset
 
@@ -24,7 +26,7 @@ from fracsurv._base import FrameTransformerMixin, row_label
 from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import to_chw
-from fracsurv.vertebrae.crops import CropStacker, box_from_points
+from fracsurv.vertebrae.crops import CROP_CONSTRAINTS, CropStacker, box_from_points
 from fracsurv.vertebrae.detector import (
     LEVEL_INDEX,
     LEVELS,
@@ -209,7 +211,26 @@ patience, device, precision, random_state, verbose
     feature_names_in_, n_features_in_ : as in scikit-learn.
     """
 
-    def __init__(self, image_column: str = "image", keypoints_column: str = "keypoints",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **TorchEstimatorMixin._parameter_constraints,
+        **CROP_CONSTRAINTS,
+        "image_column": [str],
+        "keypoints_column": [str],
+        "vertebrae_column": [str],
+        "output_column": [str],
+        "input_shape": [tuple, list],
+        "channels": ["array-like"],
+        "num_res_units": [Interval(Integral, 0, None, closed="left")],
+        "train_window": [tuple, list, None],
+        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "detection_threshold": [Interval(Real, 0, 1, closed="neither")],
+        "first_graded_level": [StrOptions(set(LEVELS))],
+        "use_neighbours": ["boolean"],
+        "crop_resize": [StrOptions({"shrink", "fill"})],
+        "augment": ["boolean"],
+    }
+
+    def __init__(self, image_column: str = "image", *, keypoints_column: str = "keypoints",
                  vertebrae_column: str = "vertebrae", output_column: str = "crops",
                  input_shape: tuple[int, int] = (512, 256),
                  channels: tuple[int, ...] = (16, 32, 64, 128, 128), num_res_units: int = 1,
@@ -263,7 +284,8 @@ patience, device, precision, random_state, verbose
                              f"{2**len(self.channels)} (2 ** len(channels)), got {self.input_shape!r}")
         return shape  # type: ignore[return-value]
 
-    def _check_params(self) -> None:
+    def _check_geometry(self) -> None:
+        """Rules across parameters: both shapes must suit the U-Net's ``channels``."""
         self._shape()
         if self.train_window is not None:
             win = tuple(int(s) for s in self.train_window)
@@ -271,12 +293,6 @@ patience, device, precision, random_state, verbose
             if len(win) != 2 or min(win) < k or any(s % k for s in win):
                 raise ValueError(f"train_window must be (h, w), both positive multiples of {k}, "
                                  f"got {self.train_window!r}")
-        if self.first_graded_level not in LEVEL_INDEX:
-            raise ValueError(f"first_graded_level must be one of {LEVELS}, got {self.first_graded_level!r}")
-        if not 0 < float(self.detection_threshold) < 1:
-            raise ValueError(f"detection_threshold must lie in (0, 1), got {self.detection_threshold!r}")
-        if int(self.n_crops) < 1:
-            raise ValueError(f"n_crops must be >= 1, got {self.n_crops!r}")
 
     def _offset_scale(self) -> float:
         return self._shape()[0] / STRIDE / 32.0
@@ -325,7 +341,8 @@ patience, device, precision, random_state, verbose
         -------
         self
         """
-        self._check_params()
+        self._validate_params()
+        self._check_geometry()
         self._require_columns(X, [self.image_column, self.keypoints_column], type(self).__name__)
         if len(X) < 2:
             raise ValueError(f"VertebraCropper needs at least 2 annotated rows, got {len(X)}")
@@ -469,7 +486,6 @@ patience, device, precision, random_state, verbose
         return {"feature_names_in": [str(c) for c in self.feature_names_in_]}, {}
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self._check_params()
         self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.module_ = self._module()
