@@ -11,8 +11,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FrameTransformerMixin", "check_features", "check_survival_y", "row_label",
-           "survival_arrays"]
+__all__ = ["FrameTransformerMixin", "check_features", "check_survival_y", "derive_seed",
+           "row_label", "survival_arrays"]
+
+
+def derive_seed(random_state: Any) -> int:
+    """A seed in ``[0, 2**31 - 1)`` drawn from ``random_state`` (int, RandomState or None).
+
+    The one way fracsurv turns a ``random_state`` parameter into the integer seed
+    of another generator (torch, MONAI, a validation split); ``None`` draws fresh
+    entropy. A RandomState is drawn from (and advanced), as scikit-learn does.
+    """
+    from sklearn.utils import check_random_state
+
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
 
 
 class FrameTransformerMixin:

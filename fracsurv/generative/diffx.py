@@ -42,6 +42,7 @@ from fracsurv.generative.nets import DiffXModule, make_schedulers
 from fracsurv.generative.prompts import format_prompt, tokenize
 from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
 from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.data import load_row_image
 
 __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 
@@ -322,11 +323,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         items = iter_cell(X[column].iloc[pos])
         if not items:
             return None
-        try:
-            return load_image(items[0])
-        except Exception as exc:  # re-raised naming the row; identifiers never enter the message
-            raise ValueError(f"{column}: cannot read the image of {row_label(X, pos)}: "
-                             f"{type(exc).__name__}") from exc
+        return load_row_image(items[0], f"{row_label(X, pos)} (column {column!r})")
 
     def _row_age_sex(self, X: pd.DataFrame, pos: int) -> tuple[float, Any]:
         age = X[self.age_column].iloc[pos]

@@ -56,6 +56,7 @@ from skorch.callbacks import EarlyStopping, ProgressBar
 from skorch.dataset import ValidSplit
 
 import fracsurv
+from fracsurv._base import derive_seed
 from fracsurv._serial import (
     from_json,
     import_allowed_class,
@@ -65,7 +66,13 @@ from fracsurv._serial import (
     write_arrays,
 )
 
-__all__ = ["PRECISIONS", "TorchEstimatorMixin", "load_model", "resolve_device"]
+__all__ = ["IMAGE_INFERENCE_SCALE", "PRECISIONS", "TABULAR_INFERENCE_SCALE", "TorchEstimatorMixin", "load_model", "resolve_device"]
+
+#: Inference batches are this many training batches: no gradients or optimiser state
+#: are kept, so a batch of cheap tabular rows can be much larger ...
+TABULAR_INFERENCE_SCALE = 16
+#: ... than a batch of images, whose activations dominate memory.
+IMAGE_INFERENCE_SCALE = 2
 
 PRECISIONS = ("auto", "32", "64", "float32", "float64", "bf16", "bfloat16", "16", "fp16",
               "float16")
@@ -168,8 +175,7 @@ class TorchEstimatorMixin:
         """Seed torch's global RNG (module init, dropout, shuffling) from random_state."""
         rs = self.random_state
         if rs is not None:
-            torch.manual_seed(int(np.random.RandomState(rs).randint(0, 2**31 - 1))
-                              if not isinstance(rs, int) else rs)
+            torch.manual_seed(rs if isinstance(rs, int) else derive_seed(rs))
 
     def _optimizer_spec(self, settings: dict[str, Any]
                         ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -287,10 +293,30 @@ class TorchEstimatorMixin:
         ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             for batch in batches() if callable(batches) else batches:
-                batch = batch.to(device) if isinstance(batch, torch.Tensor) else batch
+                if isinstance(batch, torch.Tensor):
+                    batch = batch.to(device)
+                elif isinstance(batch, dict):
+                    batch = {k: v.to(device) for k, v in batch.items()}
                 out = forward(module, batch) if forward is not None else module(batch)
                 outs.append(out.float().cpu())
         return torch.cat(outs).numpy() if outs else np.empty((0,), dtype=np.float32)
+
+    def _predict_batches(self, n: int, make_batch: Callable[[range], Any], *, scale: int,
+                         forward: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
+                         ) -> np.ndarray:
+        """:meth:`_infer` over rows ``0..n-1`` in batches of ``scale * batch_size``.
+
+        ``make_batch(rows)`` builds the input of one batch (a tensor, or a dict of
+        tensors moved to the device together); ``scale`` is
+        :data:`TABULAR_INFERENCE_SCALE` or :data:`IMAGE_INFERENCE_SCALE`.
+        """
+        bs = max(1, int(self.batch_size)) * scale
+
+        def batches() -> Any:
+            for i in range(0, n, bs):
+                yield make_batch(range(i, min(i + bs, n)))
+
+        return self._infer(batches, forward=forward)
 
     # -- safe persistence ----------------------------------------------
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -23,11 +23,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from fracsurv._base import row_label
+from fracsurv._base import derive_seed, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import BACKBONES, default_cam_layer, make_backbone
-from fracsurv.nn.base import TorchEstimatorMixin, check_input_shape
+from fracsurv.nn.base import IMAGE_INFERENCE_SCALE, TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
 from fracsurv.nn.pooling import crops_present, pool_crops
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
@@ -69,20 +69,6 @@ class _BCE(nn.Module):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(
             logits.reshape(-1).float(), y.reshape(-1).float(), pos_weight=self.pos_weight)
-
-
-class _RowImages(ImageDataset):
-    """:class:`ImageDataset` whose load errors name the frame row the image came from."""
-
-    def __init__(self, items: list[Any], rows: list[str], **kwargs: Any) -> None:
-        super().__init__(items, **kwargs)
-        self.rows = rows
-
-    def load(self, idx: int) -> torch.Tensor:
-        try:
-            return super().load(idx)
-        except Exception as exc:  # re-raised with the row, never the file's identifiers
-            raise ValueError(f"cannot read the image of {self.rows[idx]}: {exc}") from exc
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -262,9 +248,9 @@ patience, device, precision, random_state, verbose
         return items, where
 
     def _dataset(self, X: pd.DataFrame, items: list[Any], where: list[tuple[int, int]],
-                 **kwargs: Any) -> _RowImages:
+                 **kwargs: Any) -> ImageDataset:
         rows = [row_label(X, p) for p, _ in where]
-        return _RowImages(items, rows, shape=tuple(int(s) for s in self.input_shape), **kwargs)
+        return ImageDataset(items, rows=rows, shape=tuple(int(s) for s in self.input_shape), **kwargs)
 
     def _augmenter(self):
         if not self.augment:
@@ -279,8 +265,7 @@ patience, device, precision, random_state, verbose
             RandGaussianNoise(prob=0.3, std=0.02),
         ])
         rs = self.random_state
-        aug.set_random_state(seed=int(np.random.RandomState(rs).randint(0, 2**31 - 1))
-                             if rs is not None else None)
+        aug.set_random_state(seed=derive_seed(rs) if rs is not None else None)
         return aug
 
     # -- fitting ---------------------------------------------------------
@@ -358,13 +343,9 @@ patience, device, precision, random_state, verbose
     def _image_logits(self, X: pd.DataFrame, items: list[Any],
                       where: list[tuple[int, int]]) -> np.ndarray:
         ds = self._dataset(X, items, where)
-        bs = max(1, int(self.batch_size)) * 2
-
-        def batches():
-            for i in range(0, len(ds), bs):
-                yield torch.stack([ds.load(j) for j in range(i, min(i + bs, len(ds)))])
-
-        return self._infer(batches).reshape(-1).astype(np.float64)
+        logits = self._predict_batches(len(ds), lambda rows: torch.stack([ds.load(j) for j in rows]),
+                                       scale=IMAGE_INFERENCE_SCALE)
+        return logits.reshape(-1).astype(np.float64)
 
     def _prob(self, logits: np.ndarray) -> np.ndarray:
         p = _sigmoid(logits / self.temperature_)

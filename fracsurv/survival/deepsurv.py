@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fracsurv._base import check_features, check_survival_y, survival_arrays
-from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.base import TABULAR_INFERENCE_SCALE, TorchEstimatorMixin
 from fracsurv.nn.mlp import ACTIVATIONS, make_mlp
 from fracsurv.survival._mixin import BreslowSurvivalMixin
 from fracsurv.survival.loss import CoxLoss
@@ -193,9 +193,9 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         return self
 
     def _raw_predict(self, Xs: np.ndarray) -> np.ndarray:
-        bs = max(1, int(self.batch_size)) * 16
-        batches = (torch.from_numpy(Xs[i:i + bs]) for i in range(0, len(Xs), bs))
-        return self._infer(batches).reshape(-1).astype(np.float64)
+        risk = self._predict_batches(len(Xs), lambda rows: torch.from_numpy(Xs[rows.start:rows.stop]),
+                                     scale=TABULAR_INFERENCE_SCALE)
+        return risk.reshape(-1).astype(np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted risk (log-hazard); higher means earlier events.

@@ -26,12 +26,12 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import ValidSplit
 
-from fracsurv._base import check_features, check_survival_y, row_label, survival_arrays
+from fracsurv._base import check_features, check_survival_y, derive_seed, row_label, survival_arrays
 from fracsurv.contract import CLINICAL_COLUMNS, DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import is_missing, iter_cell, load_image
 from fracsurv.nn.augment import make_augmenter, rotation_padded_shape
 from fracsurv.nn.backbones import BACKBONES
-from fracsurv.nn.base import TorchEstimatorMixin, check_input_shape
+from fracsurv.nn.base import IMAGE_INFERENCE_SCALE, TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
 from fracsurv.nn.pooling import CROP_POOLS
 from fracsurv.survival._fusion_nets import AUX_RISKS, FUSIONS, FusionCoxLoss, FusionNet
@@ -56,8 +56,7 @@ class _FusionImages(ImageDataset):
 
     def __init__(self, items: list[Any], rows: list[str], *, channels: int | None,
                  padded: tuple[int, int] | None, **kwargs: Any) -> None:
-        super().__init__(items, **kwargs)
-        self.rows = rows
+        super().__init__(items, rows=rows, **kwargs)
         self.channels = channels
         self.padded = padded
         self.skip_images = False  # clinical pre-training reads no image
@@ -70,10 +69,8 @@ class _FusionImages(ImageDataset):
         return x, torch.as_tensor(self.y[idx])
 
     def load(self, idx: int) -> torch.Tensor:
-        try:
-            x = super().load(idx)
-        except Exception as exc:  # names the row, never the file's identifiers
-            raise ValueError(f"cannot read the image of {self.rows[idx]}: {exc}") from exc
+        x = super().load(idx)  # load errors name the row
+        assert self.rows is not None
         if self.channels is not None and x.shape[0] != self.channels:
             raise ValueError(f"the image of {self.rows[idx]} has {x.shape[0]} channels; the "
                              f"model was built for {self.channels}")
@@ -621,8 +618,7 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self.x_scale_ = np.where(scale > 0, scale, 1.0)
         target = np.column_stack([survival_target_tensor(y), aux]).astype(np.float32)
         ds = self._dataset(X, tab, y=target, train=True)
-        rs = self.random_state
-        split_seed = int(np.random.RandomState(rs).randint(0, 2**31 - 1))
+        split_seed = derive_seed(self.random_state)
         self.histories_: list[dict[str, Any]] = []
         self.alpha_scores_: dict[float, float] | None = None
         fit_data = (ds, X, tab, y, split_seed)
@@ -750,19 +746,11 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
 
     # -- inference -------------------------------------------------------------
     def _batched(self, ds: _FusionImages, forward: Any) -> np.ndarray:
-        bs = max(1, int(self.batch_size)) * 2
-        device = self._device()
+        def batch(rows: range) -> dict[str, torch.Tensor]:
+            return {"image": torch.stack([ds.load(j) for j in rows]),
+                    "tabular": torch.from_numpy(ds.tabular[list(rows)])}
 
-        def batches():
-            for i in range(0, len(ds), bs):
-                idx = range(i, min(i + bs, len(ds)))
-                yield {"image": torch.stack([ds.load(j) for j in idx]),
-                       "tabular": torch.from_numpy(ds.tabular[list(idx)])}
-
-        def fwd(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return forward(module, {k: v.to(device) for k, v in batch.items()})
-
-        return self._infer(batches, forward=fwd)
+        return self._predict_batches(len(ds), batch, scale=IMAGE_INFERENCE_SCALE, forward=forward)
 
     def _raw_predict(self, X: pd.DataFrame, tab: np.ndarray) -> np.ndarray:
         ds = self._dataset(X, tab)

@@ -22,10 +22,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Dataset
 
-from fracsurv._base import FrameTransformerMixin, row_label
-from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
+from fracsurv._base import FrameTransformerMixin, derive_seed, row_label
+from fracsurv.io.refs import ImageCache, hash_parts, iter_cell
 from fracsurv.nn.base import TorchEstimatorMixin
-from fracsurv.nn.data import to_chw
+from fracsurv.nn.data import load_row_image, to_chw
 from fracsurv.vertebrae.crops import CROP_CONSTRAINTS, CropStacker, box_from_points
 from fracsurv.vertebrae.detector import (
     LEVEL_INDEX,
@@ -65,10 +65,7 @@ def _one_image(cell: Any, X: pd.DataFrame, pos: int, column: str) -> Any:
 
 
 def _load(item: Any, rows: str) -> np.ndarray:
-    try:
-        img = load_image(item)
-    except Exception as exc:  # re-raised with the row, never the file's identifiers
-        raise ValueError(f"cannot read the image of {rows}: {exc}") from exc
+    img = load_row_image(item, rows)
     if img.ndim == 3 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 2:
@@ -354,7 +351,7 @@ patience, device, precision, random_state, verbose
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
         rs = self.random_state
-        seed = None if rs is None else int(np.random.RandomState(rs).randint(2**31 - 1))
+        seed = None if rs is None else derive_seed(rs)
         ds = _KeypointImages(items, ann, [row_label(X, p) for p in range(len(X))], self._shape(),
                              float(self.sigma), self._offset_scale(), bool(self.augment), seed,
                              None if self.train_window is None

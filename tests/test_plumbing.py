@@ -1,0 +1,69 @@
+"""The shared homes of issue 23: serializer, data contract, seeds, image loading."""
+
+import numpy as np
+import pytest
+
+from fracsurv import _serial
+from fracsurv._base import derive_seed
+from fracsurv.contract import CLINICAL_COLUMNS, DEFAULT_IMAGE_SHAPE
+from fracsurv.nn.data import ImageDataset, load_row_image
+
+
+def test_params_round_trip_keeps_tuples_and_lists():
+    params = {"shape": (1024, 512), "grid": [0.3, 0.5], "nested": {"a": (1, [2, (3,)])},
+              "none": None, "flag": True, "np": np.float32(0.5)}
+    back = _serial.from_json(_serial.params_json(params))
+    assert back == {**params, "np": 0.5}
+    assert isinstance(back["shape"], tuple) and isinstance(back["grid"], list)
+    assert isinstance(back["nested"]["a"][1][1], tuple)
+    with pytest.raises(TypeError, match="parameter 'bad'"):
+        _serial.params_json({"bad": object()})
+
+
+def test_metadata_json_and_arrays(tmp_path):
+    assert _serial.to_json({1: (np.int64(2), "x")}) == {"1": [2, "x"]}
+    with pytest.raises(TypeError):
+        _serial.to_json({"a": object()})
+    arrays = {"a": np.arange(6.0).reshape(2, 3)[:, ::2], "b": np.array([True, False])}
+    _serial.write_arrays(arrays, tmp_path / "x.safetensors")
+    back = _serial.read_arrays(tmp_path / "x.safetensors")
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(back[k], v)
+
+
+def test_class_import_is_allow_listed():
+    assert _serial.import_allowed_class("fracsurv.survival.DeepSurvRegressor", ("fracsurv",)
+                                        ).__name__ == "DeepSurvRegressor"
+    with pytest.raises(ValueError, match="refusing"):
+        _serial.import_allowed_class("os.system", ("fracsurv", "sklearn"))
+
+
+def test_contract_is_the_cohorts_and_the_models_default():
+    from fracsurv.datasets import CLINICAL_COLUMNS as cohort_columns
+    from fracsurv.datasets import make_spine_cohort
+    from fracsurv.survival import FusionSurvival
+
+    assert list(cohort_columns) == list(CLINICAL_COLUMNS) and len(CLINICAL_COLUMNS) == 11
+    assert DEFAULT_IMAGE_SHAPE == (1024, 512)
+    assert FusionSurvival()._tab_cols() == list(CLINICAL_COLUMNS)
+    frame = make_spine_cohort(n_patients=20, image_shape=(64, 32), random_state=0).frame
+    assert set(CLINICAL_COLUMNS) <= set(frame.columns)
+
+
+def test_derive_seed_is_the_former_derivation():
+    for rs in (0, 7, 2**31):
+        assert derive_seed(rs) == np.random.RandomState(rs).randint(0, 2**31 - 1)
+    # a RandomState (which the 'random_state' constraint admits) is drawn from
+    assert derive_seed(np.random.RandomState(3)) == np.random.RandomState(3).randint(0, 2**31 - 1)
+    assert 0 <= derive_seed(None) < 2**31 - 1
+
+
+def test_row_image_errors_name_the_row_and_keep_the_cause():
+    with pytest.raises(ValueError, match=r"cannot read the image of row 'p7' \(position 2\)") as info:
+        load_row_image("/no/such/file.png", "row 'p7' (position 2)")
+    assert info.value.__cause__ is not None
+    ds = ImageDataset([np.zeros((4, 4)), "/no/such/file.png"], rows=["row 0", "row 1"])
+    assert tuple(ds.load(0).shape) == (1, 4, 4)
+    with pytest.raises(ValueError, match="cannot read the image of row 1") as info:
+        ds.load(1)
+    assert info.value.__cause__ is not None
