@@ -246,6 +246,20 @@ def test_save_load_round_trip(data, fitted, fusion, tmp_path):
     assert FusionSurvival.load(tmp_path / "m").tabular_columns_ == TAB
 
 
+def test_late_weights_survive_save_load(fitted, tmp_path):
+    est = fitted["late"]
+    assert est.late_weights_ is not None and est.late_weights_.shape == (2,)
+    est.save(tmp_path / "late")
+    back = load_model(tmp_path / "late")
+    np.testing.assert_allclose(back.late_weights_, est.late_weights_, rtol=1e-6)
+    # the saved weights are the loaded network's FC, not a stale copy
+    fc = back.module_.fuse.weight.detach().double().numpy().reshape(-1)
+    np.testing.assert_allclose(back.late_weights_, fc, rtol=1e-6)
+    est2 = fitted["intermediate"]
+    est2.save(tmp_path / "inter")
+    assert load_model(tmp_path / "inter").late_weights_ is None
+
+
 # -- errors ------------------------------------------------------------------------
 def test_clear_errors(data, fitted):
     (X, y, _), _ = data

@@ -795,6 +795,8 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
             "aux_per_crop": bool(self.aux_per_crop_), "feature_names_in": [str(c) for c in self.feature_names_in_],
             "alpha_scores": None if self.alpha_scores_ is None
             else [[k, v] for k, v in self.alpha_scores_.items()],
+            "late_weights": None if self.late_weights_ is None
+            else [float(w) for w in self.late_weights_],
         }
         arrays = {"x_mean": np.asarray(self.x_mean_, float), "x_scale": np.asarray(self.x_scale_, float),
                   **self._baseline_arrays()}
@@ -816,4 +818,5 @@ class FusionSurvival(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
         self._restore_baseline(arrays)
         self.histories_ = []
         self.module_ = self._build_module(float(self.alpha_) if self.alpha_ is not None else 0.0)
-        self.late_weights_ = None
+        weights = meta.get("late_weights")
+        self.late_weights_ = None if weights is None else np.asarray(weights, dtype=np.float64)
