@@ -16,7 +16,7 @@ from fracsurv._base import check_features, check_survival_y, survival_arrays
 from fracsurv.nn.base import TABULAR_INFERENCE_SCALE, TorchEstimatorMixin
 from fracsurv.nn.mlp import ACTIVATIONS, make_mlp
 from fracsurv.survival._mixin import BreslowSurvivalMixin
-from fracsurv.survival.loss import CoxLoss
+from fracsurv.survival.loss import CoxLoss, ridge_penalty
 
 __all__ = ["DeepSurvRegressor", "survival_target_tensor"]
 
@@ -258,12 +258,11 @@ class _LinearSkip(torch.nn.Module):
 class _RidgeCox(torch.nn.Module):
     """Cox loss plus an L2 penalty on the weights (for full-batch L-BFGS)."""
 
-    def __init__(self, base: torch.nn.Module, module: torch.nn.Module, alpha: float) -> None:
+    def __init__(self, base: torch.nn.Module, module: torch.nn.Module, strength: float) -> None:
         super().__init__()
         self.base = base
-        self.alpha = alpha
+        self.strength = strength
         self._weights = [p for n, p in module.named_parameters() if n.endswith("weight")]
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        penalty = sum((w**2).sum() for w in self._weights)
-        return self.base(y_pred, y_true) + 0.5 * self.alpha * penalty
+        return self.base(y_pred, y_true) + ridge_penalty(self._weights, self.strength)
