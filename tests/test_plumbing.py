@@ -67,3 +67,31 @@ def test_row_image_errors_name_the_row_and_keep_the_cause():
     with pytest.raises(ValueError, match="cannot read the image of row 1") as info:
         ds.load(1)
     assert info.value.__cause__ is not None
+
+
+def test_valid_cindex_callback_scores_the_whole_validation_split():
+    import torch
+    from skorch.history import History
+
+    from fracsurv.metrics import concordance_index
+    from fracsurv.survival import ValidCIndex
+    from fracsurv.survival.deepsurv import survival_target_tensor
+
+    rng = np.random.default_rng(0)
+    time, event, risk = rng.exponential(size=30) + 0.1, rng.random(30) < 0.6, rng.normal(size=30)
+    y = np.array(list(zip(event, time)), dtype=[("event", bool), ("time", float)])
+    target = torch.as_tensor(survival_target_tensor(y))
+
+    class Net:
+        history = History()
+
+    net = Net()
+    net.history.new_epoch()
+    cb = ValidCIndex()
+    cb.on_epoch_begin(net)
+    for i in range(0, 30, 8):  # validation batches; a training batch is ignored
+        batch = (None, target[i:i + 8])
+        cb.on_batch_end(net, batch=batch, training=False, y_pred=torch.as_tensor(risk[i:i + 8]))
+        cb.on_batch_end(net, batch=batch, training=True, y_pred=torch.zeros(8))
+    cb.on_epoch_end(net)
+    assert net.history[-1]["valid_cindex"] == pytest.approx(concordance_index(y, risk))

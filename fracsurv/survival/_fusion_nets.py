@@ -37,6 +37,7 @@ class _TabularBranch(nn.Module):
                  linear_skip: bool) -> None:
         super().__init__()
         self.trunk = make_mlp(n_tab, hidden, None, activation="relu", dropout=dropout)
+        self.hidden = tuple(hidden)
         self.n_features = int(hidden[-1]) if hidden else n_tab
         self.head = nn.Linear(self.n_features, 1, bias=False)
         self.skip = nn.Linear(n_tab, 1, bias=False) if linear_skip else None
@@ -198,6 +199,48 @@ class FusionNet(nn.Module):
                 self.fuse.weight.fill_(1.0)
         self.aux_head = (_AuxHead(self.image.n_features, int(aux_levels), bool(aux_per_crop))
                          if aux_levels else None)
+
+    # -- closed-form parts, fitted by the estimator --------------------------------
+    def clinical_linear(self) -> nn.Linear | None:
+        """The clinical branch's linear term: the skip term, or the branch's risk head
+        when it has no hidden layers (None without either)."""
+        branch = self.tabular
+        if branch is None:
+            return None
+        if branch.skip is not None:
+            return branch.skip
+        return None if branch.hidden else branch.head
+
+    def set_clinical_linear(self, weight: torch.Tensor) -> None:
+        """Start the clinical risk as the linear Cox model ``x @ weight``.
+
+        The linear term takes ``weight``; the MLP's risk head (when it is another
+        layer) is zeroed, so an MLP only learns what the linear model misses.
+        """
+        linear = self.clinical_linear()
+        if linear is None or self.tabular is None:
+            raise ValueError("this network has no clinical linear term")
+        with torch.no_grad():
+            linear.weight.copy_(weight.reshape(1, -1).to(linear.weight))
+            if linear is not self.tabular.head:
+                self.tabular.head.weight.zero_()
+
+    def set_late_weights(self, weights: torch.Tensor) -> None:
+        """The late-fusion FC's weights ``[clinical, image]``."""
+        if self.fusion != "late" or not isinstance(self.fuse, nn.Linear):
+            raise ValueError(f"late weights exist for late fusion, not {self.fusion!r}")
+        with torch.no_grad():
+            self.fuse.weight.copy_(weights.reshape(1, 2).to(self.fuse.weight))
+
+    def late_weights(self) -> torch.Tensor:
+        """The late-fusion FC's weights ``[clinical, image]`` (float64, on the CPU)."""
+        if self.fusion != "late" or not isinstance(self.fuse, nn.Linear):
+            raise ValueError(f"late weights exist for late fusion, not {self.fusion!r}")
+        return self.fuse.weight.detach().cpu().double().reshape(-1)
+
+    def set_alpha(self, alpha: float) -> None:
+        """The alpha-model's clinical weight."""
+        self.alpha.fill_(float(alpha))
 
     # -- freezing --------------------------------------------------------------
     def freeze(self, parts: tuple[str, ...]) -> None:
