@@ -30,7 +30,7 @@ def derive_seed(random_state: Any) -> int:
 class FrameTransformerMixin:
     """Tags and column checks shared by the transformers that take a pandas frame.
 
-    They add columns to the frame they are given (DESIGN.md section 3), so their
+    They add columns to the frame they are given, so their
     input is a DataFrame, not a 2-D numeric array, and they need no target.
     """
 

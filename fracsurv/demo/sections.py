@@ -21,6 +21,7 @@ from fracsurv.stratify import (
     td_auc_figure,
     td_auc_table,
 )
+from fracsurv.stratify.grouper import HIGH_RISK_GROUPS
 
 __all__ = ["stage_analysis", "stage_examples", "stage_explain"]
 
@@ -89,7 +90,7 @@ def stage_analysis(ctx: DemoContext) -> None:
     if "clinical_risk_score" in ctx.test.columns:
         rep.section("Clinical decision table", "decision")
         if "risk_group" in ctx.test.columns:
-            high = ctx.test["risk_group"].isin(["LH", "HIGH"]).to_numpy()
+            high = ctx.test["risk_group"].isin(HIGH_RISK_GROUPS).to_numpy()
             what = "the LH or HIGH risk group"
         else:
             high = (ctx.test["pvf"] >= 0.5).to_numpy() if "pvf" in ctx.test.columns else \

@@ -176,7 +176,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         references in ``future_images`` (else arrays).
     output_shape : (int, int), optional
     device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.base.TorchEstimatorMixin`.
+        The shared training parameters, documented once in :mod:`fracsurv.nn.base`.
 
     Attributes
     ----------

@@ -1,4 +1,4 @@
-"""Torch datasets that stream images by reference (DESIGN.md section 3).
+"""Torch datasets that stream images by reference.
 
 Every image model (keypoints, pVF scoring, fusion survival) reads its batches
 through :class:`ImageDataset`, so no model holds a cohort's images in memory.

@@ -124,8 +124,8 @@ class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEsti
         convolutional block.
     optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
 patience, device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.base.TorchEstimatorMixin` (early stopping on
-        the internal validation split when ``validation_fraction > 0``).
+        The shared training parameters, documented once in :mod:`fracsurv.nn.base`
+        (early stopping on the internal validation split when ``validation_fraction > 0``).
 
     Attributes
     ----------

@@ -20,6 +20,7 @@ from scipy import stats
 
 from fracsurv._base import row_label, survival_arrays
 from fracsurv.stratify.delong import delong_test, horizon_labels
+from fracsurv.stratify.grouper import HIGH_RISK_GROUPS
 
 __all__ = [
     "CoxTables",
@@ -59,10 +60,6 @@ class CoxTables:
     hr: pd.DataFrame
     models: pd.DataFrame
     comparisons: pd.DataFrame
-
-    def __iter__(self):
-        """``display, models = cox_table(...)``: the Table 4 layout and the model table."""
-        return iter((format_cox_table(self), self.models))
 
 
 def _normalise_terms(terms: Terms) -> dict[str, dict[str, str]]:
@@ -388,7 +385,8 @@ def agreement(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict[st
     -------
     dict
         ``n``, ``r``, ``r_low``, ``r_high``, ``p``, ``mean_difference``,
-        ``sd_difference`` (ddof=1), ``loa_low`` / ``loa_high`` (mean ± 1.96 SD).
+        ``sd_difference`` (ddof=1), ``loa_low`` / ``loa_high`` (the limits of
+        agreement at ``confidence``: mean ± z SD, z the normal quantile, 1.96 at 0.95).
     """
     a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
     if a.shape != b.shape:
@@ -402,9 +400,10 @@ def agreement(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict[st
     ci = res.confidence_interval(confidence)
     d = a - b
     mean, sd = float(d.mean()), float(d.std(ddof=1))
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
     return {"n": len(a), "r": float(res.statistic), "r_low": float(ci.low),
             "r_high": float(ci.high), "p": float(res.pvalue), "mean_difference": mean,
-            "sd_difference": sd, "loa_low": mean - 1.96 * sd, "loa_high": mean + 1.96 * sd}
+            "sd_difference": sd, "loa_low": mean - z * sd, "loa_high": mean + z * sd}
 
 
 def agreement_table(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
@@ -420,7 +419,7 @@ def _high_risk_mask(high_risk: Any, n: int) -> np.ndarray:
         raise ValueError(f"high_risk has {arr.shape[0]} values but y has {n} rows")
     if arr.dtype.kind in "biuf":
         return arr.astype(bool)
-    return pd.Series(arr).astype(str).isin(["LH", "HIGH"]).to_numpy()
+    return pd.Series(arr).astype(str).isin(HIGH_RISK_GROUPS).to_numpy()
 
 
 def decision_table(y: np.ndarray, horizon: float, clinical_score: np.ndarray, threshold: float,

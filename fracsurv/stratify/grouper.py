@@ -14,9 +14,11 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, v
 from fracsurv._base import check_survival_y, row_label, survival_arrays
 from fracsurv.stratify.cutpoint import maxstat_cutpoint
 
-__all__ = ["ADDED_COLUMNS", "GROUPS", "RiskGrouper"]
+__all__ = ["ADDED_COLUMNS", "GROUPS", "HIGH_RISK_GROUPS", "RiskGrouper"]
 
 GROUPS = ("LL", "LH", "HIGH")
+#: The groups a decision table counts as high risk: all but the low-low reference.
+HIGH_RISK_GROUPS = GROUPS[1:]
 ADDED_COLUMNS = ("risk_group", "risk_LH", "risk_HIGH")
 
 

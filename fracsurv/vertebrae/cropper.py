@@ -199,8 +199,8 @@ class VertebraCropper(TorchEstimatorMixin, FrameTransformerMixin, TransformerMix
         Random mirror, shift, gamma, contrast and noise while training.
     optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
 patience, device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.base.TorchEstimatorMixin`; the learning rate
-        follows a cosine schedule over ``max_epochs``.
+        The shared training parameters, documented once in :mod:`fracsurv.nn.base`;
+        the learning rate follows a cosine schedule over ``max_epochs``.
 
     Attributes
     ----------

@@ -113,11 +113,9 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         training rows (:func:`fracsurv.survival.fit_ridge_cox`) and the MLP's
         risk head at zero, so the clinical risk starts as the linear Cox model;
         a linear branch is then fitted, not trained, and its pre-training stage
-        is skipped. ``"random"``: the usual random start. Mini-batch Adam had
-        not converged a linear branch in 20 epochs at lr 1e-3 (test C 0.718
-        against Cox PH's 0.764 on a ``cpu-graded`` fold, see
-        ``docs/fusion_survival.md``). Nothing to start without a linear term
-        (``linear_skip=False`` with hidden layers).
+        is skipped. ``"random"``: the usual random start (see Notes). Nothing
+        to start without a linear term (``linear_skip=False`` with hidden
+        layers).
     aux_column : str, optional
         A column of X supervising an auxiliary head on the image branch
         (``aux_weight`` x its loss added to the Cox loss; training only, never
@@ -134,8 +132,7 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         With ``aux_column``, what the image risk is made of: a Cox term on the
         auxiliary head's summary -- the expected number of vertebrae at or
         above each grade for per-crop labels, the label's probabilities for a
-        per-row one -- alone (``"only"``, which measured best, see
-        ``docs/fusion_survival.md``), that term plus the backbone's risk head
+        per-row one -- alone (``"only"``, see Notes), that term plus the backbone's risk head
         (``"add"``), or the backbone risk head alone (``"none"``: the label only
         shapes the image features).
     augment : bool, default=True
@@ -190,6 +187,14 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         Network input size (after rotation padding).
     tabular_columns_ : list of str
     baseline_model_, unique_times_ : Breslow baseline hazard.
+
+    Notes
+    -----
+    The defaults ``linear_init="cox"`` and ``aux_risk="only"`` are the measured
+    choices of ``benchmarks/fusion.py`` (numbers in ``docs/fusion_survival.md``):
+    mini-batch Adam had not converged a linear clinical branch in 20 epochs at
+    lr 1e-3 (test C 0.718 against Cox PH's 0.764 on a ``cpu-graded`` fold), and
+    the auxiliary summary alone was the best image risk.
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
