@@ -22,7 +22,6 @@ anatomy looks like years later.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from numbers import Integral, Real
@@ -37,10 +36,11 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from fracsurv._base import FrameTransformerMixin, row_label
-from fracsurv.generative.injection import FeatureInjector
 from fracsurv.generative.nets import DiffXModule, make_schedulers
+from fracsurv.generative.objectives import AELoss, AEObjective, EpsLoss, EpsObjective
 from fracsurv.generative.prompts import format_prompt, tokenize
-from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
+from fracsurv.generative.sampling import DiffXSamplingMixin
+from fracsurv.io.refs import ImageCache, iter_cell
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import load_row_image
 
@@ -69,62 +69,8 @@ DIFFX_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class _AEObjective(nn.Module):
-    """Autoencoder training pass: returns (reconstruction, input, KL)."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        post = self.vae.encode(x).latent_dist
-        return self.vae.decode(post.sample()).sample, x, post.kl().mean()
-
-
-class _AELoss(nn.Module):
-    def __init__(self, kl_weight: float) -> None:
-        super().__init__()
-        self.kl_weight = kl_weight
-
-    def forward(self, out: tuple[torch.Tensor, ...], y: Any = None) -> torch.Tensor:
-        rec, x, kl = out
-        return nn.functional.l1_loss(rec.float(), x.float()) + self.kl_weight * kl.float()
-
-
-class _EpsObjective(nn.Module):
-    """Denoising pass: random timestep, noised latent -> (predicted noise, noise)."""
-
-    def __init__(self, unet: nn.Module, text: nn.Module, scheduler: Any,
-                 prompt_dropout: float) -> None:
-        super().__init__()
-        self.unet, self.text = unet, text
-        self.scheduler = scheduler
-        self.prompt_dropout = prompt_dropout
-
-    def forward(self, z0: torch.Tensor, ids: torch.Tensor, values: torch.Tensor,
-                lowres: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        n = z0.shape[0]
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), device=z0.device)
-        noise = torch.randn_like(z0)
-        zt = self.scheduler.add_noise(z0, noise, t)
-        cond = self.text.encode_tokens(ids, values)
-        if self.training and self.prompt_dropout > 0:
-            drop = torch.rand(n, device=z0.device) < self.prompt_dropout
-            cond = torch.where(drop[:, None, None], self.text.null_embedding(n), cond)
-        inp = zt if lowres is None else torch.cat([zt, lowres], dim=1)
-        return self.unet(inp, t, encoder_hidden_states=cond).sample, noise
-
-
-class _EpsLoss(nn.Module):
-    def forward(self, out: tuple[torch.Tensor, torch.Tensor], y: Any = None) -> torch.Tensor:
-        return nn.functional.mse_loss(out[0].float(), out[1].float())
-
-
-def _seed_of(random_state: int | None, seed: int) -> int:
-    return int(np.random.SeedSequence([int(random_state or 0), int(seed)]).generate_state(1)[0])
-
-
-class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMixin,
+                     TransformerMixin, BaseEstimator):
     """Language-guided generation of future radiographs (the Diff-X study's model).
 
     Parameters
@@ -390,7 +336,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         n = len(images)
         self.n_train_images_ = n
         self.loss_history_ = {"autoencoder": self._train_stage(
-            _AEObjective(module.vae), _AELoss(float(self.kl_weight)), images, n,
+            AEObjective(module.vae), AELoss(float(self.kl_weight)), images, n,
             self.ae_epochs)}
         module.eval()
         with torch.no_grad():
@@ -402,142 +348,15 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         data = {"z0": z0, "ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
         sched, _ = make_schedulers(self.n_train_timesteps)
         self.loss_history_["ldm1"] = self._train_stage(
-            _EpsObjective(module.ldm1, module.text1, sched, 0.0), _EpsLoss(),
+            EpsObjective(module.ldm1, module.text1, sched, 0.0), EpsLoss(),
             {**data, "lowres": module.lowres(images)}, n, self.ldm_epochs)
         self.loss_history_["ldm2"] = self._train_stage(
-            _EpsObjective(module.ldm2, module.text2, sched, float(self.prompt_dropout)),
-            _EpsLoss(), data, n, self.ldm_epochs)
+            EpsObjective(module.ldm2, module.text2, sched, float(self.prompt_dropout)),
+            EpsLoss(), data, n, self.ldm_epochs)
         self.module_ = module.eval()
         self._inversions = {}
         return self
 
-    # -- sampling ------------------------------------------------------------
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        amp = self._amp_dtype()
-        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
-    def _encode_baselines(self, images: Sequence[np.ndarray], ages: Sequence[float],
-                          sexes: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inverted noise z_T, low-res copies, LDM-1 prompt embeddings) of baselines.
-
-        Inversions are cached per (image, age, sex, steps); the missing ones are
-        computed together in one batch.
-        """
-        m, device = self.module_, self._device()
-        x = torch.cat([self._prep(im) for im in images]).to(device)
-        cond = m.text1([format_prompt(self.prompt_template, a, s) for a, s in zip(ages, sexes,
-                                                                                 strict=True)])
-        lowres = m.lowres(x)
-        keys = [hash_parts(x[i].cpu().numpy(), float(ages[i]), str(sexes[i]),
-                           int(self.n_inference_steps)) for i in range(len(images))]
-        cache = self.__dict__.setdefault("_inversions", {})
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if todo:
-            _, inverse = make_schedulers(self.n_train_timesteps)
-            inverse.set_timesteps(int(self.n_inference_steps))
-            z, low, c = m.encode(x[todo]), lowres[todo], cond[todo]
-            for t in inverse.timesteps:
-                eps = m.ldm1(torch.cat([z, low], 1), t, encoder_hidden_states=c).sample
-                z = inverse.step(eps.float(), t, z).prev_sample
-            for j, i in enumerate(todo):
-                cache[keys[i]] = z[j:j + 1]
-        return torch.cat([cache[k] for k in keys]), lowres, cond
-
-    def generate_many(self, images: Sequence[Any], ages: Sequence[float], sexes: Sequence[Any],
-                      horizons: Sequence[Sequence[float]], seeds: Sequence[int] | None = None,
-                      inject: bool | None = None, return_injector: bool = False) -> Any:
-        """Future images of several patients in one batch.
-
-        Every patient needs the same number of horizons (their values may
-        differ) and baselines of one shape (or ``output_shape`` set). Returns an
-        array ``(n_patients, n_horizons, n_seeds, H, W)`` in [0, 1]; see
-        :meth:`generate` for the other parameters.
-        """
-        check_is_fitted(self, "module_")
-        seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
-        inject = self.inject if inject is None else bool(inject)
-        imgs = [load_image(im) for im in images]
-        n_h = {len(h) for h in horizons}
-        if len(n_h) != 1 or len(horizons) != len(imgs):
-            raise ValueError("generate_many needs one horizon list per image, all of one length")
-        shapes = {tuple(self.output_shape or im.shape[-2:]) for im in imgs}
-        if len(shapes) != 1:
-            raise ValueError(f"baselines of different shapes {sorted(shapes)}: set output_shape")
-        out_shape, n_h = shapes.pop(), n_h.pop()
-        m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
-        n_steps = len(ddim.timesteps)
-        n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
-        prompts = [format_prompt(self.prompt_template, float(a) + float(h), s)
-                   for a, s, hs in zip(ages, sexes, horizons, strict=True) for h in hs for _ in seeds]
-        k = n_h * len(seeds)  # generated images per patient
-        gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
-        injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
-                                   int(self.injection_layer), repeats=k)
-        with torch.inference_mode(), self._autocast(device):
-            z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
-            enc2 = torch.cat([m.text2.null_embedding(len(prompts)), m.text2(prompts)])
-            z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
-            with injector:
-                for i, t in enumerate(ddim.timesteps):
-                    with injector.record(i):
-                        eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
-                    z1 = ddim.step(eps1.float(), t, z1).prev_sample
-                    with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
-                        eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
-                    eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
-                    # the same noise for a seed whatever the batch: a (seed, horizon) is reproducible
-                    noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
-                    noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
-                    z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
-            x = torch.cat([m.decode(z2[j:j + 64]).float() for j in range(0, len(z2), 64)])
-        x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
-        arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
-                                                                 *out_shape)
-        return (arr, injector) if return_injector else arr
-
-    def generate(self, image: Any, age: float, sex: Any, horizons: Sequence[float],
-                 seeds: Sequence[int] | None = None, inject: bool | None = None,
-                 return_injector: bool = False) -> Any:
-        """Future images of one patient: array ``(len(horizons), len(seeds), H, W)`` in [0, 1].
-
-        Parameters
-        ----------
-        image : array or reference
-            Baseline radiograph.
-        age, sex : baseline age (years) and sex.
-        horizons : sequence of float
-            Years after baseline (the prompt's age is ``age + horizon``).
-        seeds : sequence of int, optional
-            Defaults to ``range(n_seeds)``; with ``random_state`` they fix the
-            DDIM noise, so a (seed, horizon) image is reproducible alone.
-        inject : bool, optional
-            Override of the ``inject`` parameter (the no-injection ablation).
-        return_injector : bool
-            Also return the :class:`FeatureInjector` (its ``log`` lists every
-            replacement as ``(step, module)``).
-        """
-        out = self.generate_many([image], [age], [sex], [list(horizons)], seeds=seeds,
-                                 inject=inject, return_injector=return_injector)
-        return (out[0][0], out[1]) if return_injector else out[0]
-
-    def reconstruct(self, image: Any, age: float, sex: Any) -> np.ndarray:
-        """LDM-1's reconstruction of ``image`` from its DDIM inversion, in [0, 1]."""
-        check_is_fitted(self, "module_")
-        img = load_image(image)
-        m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
-        with torch.inference_mode(), self._autocast(device):
-            z, lowres, cond = self._encode_baselines([img], [float(age)], [sex])
-            for t in ddim.timesteps:
-                eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
-                z = ddim.step(eps.float(), t, z).prev_sample
-            x = m.decode(z).float()
-        x = nn.functional.interpolate(x, size=img.shape[-2:], mode="bilinear", align_corners=False)
-        return ((x.clamp(-1, 1) + 1) / 2)[0, 0].cpu().numpy()
 
     def _row_horizons(self, X: pd.DataFrame, pos: int, age: float) -> list[float]:
         out = []

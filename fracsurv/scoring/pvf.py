@@ -26,49 +26,14 @@ from torch import nn
 from fracsurv._base import derive_seed, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
-from fracsurv.nn.backbones import BACKBONES, default_cam_layer, make_backbone
+from fracsurv.nn.backbones import BACKBONES, default_cam_layer
 from fracsurv.nn.base import IMAGE_INFERENCE_SCALE, TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
-from fracsurv.nn.pooling import crops_present, pool_crops
+from fracsurv.scoring._nets import PVFClassifier, WeightedBCE
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
 from fracsurv.scoring.gradcam import grad_cam_maps
 
 __all__ = ["PVFScorer"]
-
-
-class _Classifier(nn.Module):
-    """Backbone + linear head giving one logit per input.
-
-    ``shared_crops=True`` treats the channels as separate vertebra crops: one
-    single-channel encoder scores every non-empty crop and the stack's logit is
-    the maximum (any fractured vertebra makes a fractured spine).
-    """
-
-    def __init__(self, backbone: str, in_channels: int, shape: tuple[int, int],
-                 shared_crops: bool = False) -> None:
-        super().__init__()
-        self.shared_crops = shared_crops
-        self.backbone, n = make_backbone(backbone, 1 if shared_crops else in_channels, shape)
-        self.head = nn.Linear(n, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shared_crops:
-            return self.head(self.backbone(x))
-        b, c, h, w = x.shape
-        logits = self.head(self.backbone(x.reshape(b * c, 1, h, w))).reshape(b, c)
-        return pool_crops(logits, crops_present(x), "max", empty=-30.0)[:, None]
-
-
-class _BCE(nn.Module):
-    """BCE-with-logits on (B, 1) logits and (B,) labels, with a positive-class weight."""
-
-    def __init__(self, pos_weight: float = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("pos_weight", torch.tensor([float(pos_weight)]))
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits.reshape(-1).float(), y.reshape(-1).float(), pos_weight=self.pos_weight)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -303,7 +268,7 @@ patience, device, precision, random_state, verbose
         n_pos = float(y_img.sum())
         pos_weight = (len(y_img) - n_pos) / max(n_pos, 1.0) if self.class_weight else 1.0
         self._seed()
-        net = self._make_net(self._module(), _BCE(pos_weight), n_train=len(items))
+        net = self._make_net(self._module(), WeightedBCE(pos_weight), n_train=len(items))
         ds = self._dataset(X_train, items, where, y=y_img, transform=self._augmenter())
         self._fit_net(net, ds)
         self.temperature_ = 1.0
@@ -472,7 +437,7 @@ patience, device, precision, random_state, verbose
         self.isotonic_ = (arrays["iso_x"], arrays["iso_y"]) if "iso_x" in arrays else None
         self.module_ = self._module()
 
-    def _module(self) -> _Classifier:
+    def _module(self) -> PVFClassifier:
         shared = self.input == "crops" and self.crop_encoder == "shared"
-        return _Classifier(self.backbone, self.n_channels_,
+        return PVFClassifier(self.backbone, self.n_channels_,
                            tuple(int(s) for s in self.input_shape), shared)
