@@ -76,3 +76,21 @@ def test_bad_value_fails_before_any_data_is_read():
         DeepSurvRegressor(dropout=1.5).fit(np.zeros((4, 2)), None)
     with pytest.raises(InvalidParameterError, match="'optimizer' parameter of FusionSurvival"):
         FusionSurvival(optimizer="lbfgs").fit(None, None)
+
+
+def test_pvf_scorer_input_is_deprecated_for_image_input():
+    import numpy as np
+
+    assert PVFScorer(image_input="crops")._image_input() == "crops"
+    with pytest.warns(FutureWarning, match="'input' is deprecated.*'image_input'"):
+        assert PVFScorer(input="crops")._image_input(warn=True) == "crops"
+    # fit warns before it reads any data
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="DataFrame"):
+        PVFScorer(input="crops").fit(np.zeros((3, 3)))
+    # the new name alone does not warn
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with pytest.raises(TypeError, match="DataFrame"):
+            PVFScorer(image_input="crops").fit(np.zeros((3, 3)))

@@ -114,7 +114,7 @@ def stage_pvf(ctx: DemoContext) -> None:
     if "crops" not in ctx.train.columns or "prevalent_vf" not in ctx.train.columns:
         return
     h, w = np.asarray(ctx.train["crops"].iloc[0]).shape[-2:]
-    scorer = PVFScorer(backbone="resnet10-tiny", image_column="crops", input="crops",
+    scorer = PVFScorer(backbone="resnet10-tiny", image_column="crops", image_input="crops",
                        input_shape=(int(h), int(w)), max_epochs=2 if ctx.tiny else 12,
                        batch_size=32, lr=2e-3, augment=False, validation_fraction=0.0,
                        random_state=ctx.seed)
@@ -129,7 +129,7 @@ def stage_pvf(ctx: DemoContext) -> None:
 def _image_scorer(ctx: DemoContext) -> Any:
     """A full-image pVF scorer (the Diff-X study scores whole radiographs: BpVF and GpVF)."""
     shape = (64, 32) if ctx.tiny else (128, 64)
-    scorer = PVFScorer(backbone="resnet10-tiny", image_column="image", input="image",
+    scorer = PVFScorer(backbone="resnet10-tiny", image_column="image", image_input="image",
                        output_column="bpvf", input_shape=shape, max_epochs=2 if ctx.tiny else 12,
                        batch_size=32, lr=2e-3, augment=False, validation_fraction=0.0,
                        random_state=ctx.seed)

@@ -10,6 +10,7 @@ images.
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -55,10 +56,11 @@ class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEsti
         A MONAI network from :data:`fracsurv.nn.backbones.BACKBONES`, trained from
         scratch (``"resnet10-tiny"`` or ``"resnet10"`` for CPUs).
     image_column : str, default="image"
-        Images, references, or lists of them. With ``input="crops"`` use the
-        crop-stack column (``(N, h, w)`` arrays).
-    input : {"image", "crops"}
-        Single-channel radiographs or N-channel vertebra crop stacks.
+        Images, references, or lists of them. With ``image_input="crops"`` use
+        the crop-stack column (``(N, h, w)`` arrays).
+    image_input : {"image", "crops"}, default="image"
+        Single-channel radiographs or N-channel vertebra crop stacks (the name
+        :class:`~fracsurv.survival.FusionSurvival` uses).
     label_column : str, default="prevalent_vf"
         0/1 supervision read from X, so the scorer can be fitted inside a survival
         Pipeline (a structured survival ``y`` is ignored); a 0/1 ``y`` passed to
@@ -81,7 +83,7 @@ class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEsti
         or scikit-learn's isotonic regression of the probabilities.
     calibration_fraction : float, default=0.2
     crop_encoder : {"channels", "shared"}, default="channels"
-        For ``input="crops"``: the crops stacked as the channels of one CNN input
+        For ``image_input="crops"``: the crops stacked as the channels of one CNN input
         (the multimodal study), or one encoder shared by all crops with a max over
         crops.
     cam_layer : str, optional
@@ -102,13 +104,20 @@ patience, device, precision, random_state, verbose
     isotonic_ : (ndarray, ndarray) or None
         Isotonic map as (thresholds in, thresholds out).
     module_, net_ : the trained torch module and skorch net.
+
+    Notes
+    -----
+    ``input`` (which shadowed a builtin) is the deprecated name of
+    ``image_input``: passing it warns with a ``FutureWarning`` and takes
+    precedence, until it is removed.
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         **TorchEstimatorMixin._parameter_constraints,
         "backbone": [StrOptions(set(BACKBONES))],
         "image_column": [str],
-        "input": [StrOptions({"image", "crops"})],
+        "image_input": [StrOptions({"image", "crops"})],
+        "input": [StrOptions({"image", "crops"}), Hidden(StrOptions({"deprecated"}))],
         "label_column": [str],
         "output_column": [str],
         "input_shape": [tuple, list],
@@ -122,7 +131,7 @@ patience, device, precision, random_state, verbose
     }
 
     def __init__(self, backbone: str = "efficientnet-b4", *, image_column: str = "image",
-                 input: str = "image", label_column: str = "prevalent_vf",
+                 image_input: str = "image", label_column: str = "prevalent_vf",
                  output_column: str = "pvf", input_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE,
                  n_seeds: int | None = None, class_weight: str | None = "balanced",
                  augment: bool = True, calibration: str | None = None,
@@ -131,10 +140,10 @@ patience, device, precision, random_state, verbose
                  weight_decay: float = 1e-4, batch_size: int = 16, max_epochs: int = 30,
                  validation_fraction: float = 0.15, patience: int = 6, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, input: str = "deprecated") -> None:
         self.backbone = backbone
         self.image_column = image_column
-        self.input = input
+        self.image_input = image_input
         self.label_column = label_column
         self.output_column = output_column
         self.input_shape = input_shape
@@ -156,6 +165,7 @@ patience, device, precision, random_state, verbose
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.input = input
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -164,6 +174,16 @@ patience, device, precision, random_state, verbose
         return tags
 
     # -- validation ------------------------------------------------------
+    def _image_input(self, warn: bool = False) -> str:
+        """``image_input``, or the deprecated ``input`` when that was given."""
+        if self.input == "deprecated":
+            return self.image_input
+        if warn:
+            warnings.warn("PVFScorer's 'input' is deprecated and will be removed in a future "
+                          "version; use 'image_input' (the name FusionSurvival uses)",
+                          FutureWarning, stacklevel=3)
+        return self.input
+
     def _labels(self, X: pd.DataFrame, y: Any) -> np.ndarray:
         """0/1 labels from a plain ``y`` or, otherwise (None or structured y), ``label_column``."""
         y_arr = None if y is None else np.asarray(y)
@@ -250,6 +270,7 @@ patience, device, precision, random_state, verbose
         self
         """
         self._validate_params()
+        self._image_input(warn=True)
         check_input_shape(self.input_shape)
         self._check_frame(X)
         labels = self._labels(X, y)
@@ -438,6 +459,6 @@ patience, device, precision, random_state, verbose
         self.module_ = self._module()
 
     def _module(self) -> PVFClassifier:
-        shared = self.input == "crops" and self.crop_encoder == "shared"
+        shared = self._image_input() == "crops" and self.crop_encoder == "shared"
         return PVFClassifier(self.backbone, self.n_channels_,
                            tuple(int(s) for s in self.input_shape), shared)
