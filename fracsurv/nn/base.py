@@ -2,7 +2,7 @@
 
 :class:`TorchEstimatorMixin` turns an estimator's own hyper-parameters into a
 configured :class:`skorch.NeuralNet` (device, optimiser, epochs, internal
-validation split, early stopping, checkpoints, mixed precision, seeding,
+validation split, early stopping, mixed precision, seeding,
 progress output), runs batched inference, and saves/loads fitted models as
 safetensors + JSON (never pickle).
 
