@@ -11,8 +11,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FrameTransformerMixin", "check_features", "check_survival_y", "derive_seed",
-           "row_label", "survival_arrays"]
+__all__ = ["FrameTransformerMixin", "appended_feature_names", "check_features",
+           "check_survival_y", "derive_seed", "row_label", "survival_arrays"]
+
+
+def appended_feature_names(names: Any, added: Any) -> np.ndarray:
+    """``get_feature_names_out`` of a transformer that appends (or replaces) ``added``.
+
+    The input names less any of ``added``, then ``added`` in order: what
+    ``transform`` returns when it drops old copies of its columns and appends them.
+    """
+    added = list(added)
+    return np.asarray([*[c for c in names if c not in added], *added], dtype=object)
 
 
 def derive_seed(random_state: Any) -> int:

@@ -24,7 +24,7 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from fracsurv._base import derive_seed, row_label
+from fracsurv._base import appended_feature_names, derive_seed, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import BACKBONES, default_cam_layer
@@ -405,9 +405,8 @@ patience, device, precision, random_state, verbose
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus the score and its spread."""
         check_is_fitted(self, "module_")
-        extra = [self.output_column, f"{self.output_column}_sd"]
         names = self.feature_names_in_ if input_features is None else input_features
-        return np.asarray([*[c for c in names if c not in extra], *extra], dtype=object)
+        return appended_feature_names(names, [self.output_column, f"{self.output_column}_sd"])
 
     # -- explanation -----------------------------------------------------
     def default_cam_layer(self) -> str:

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
-from fracsurv._base import check_survival_y, row_label, survival_arrays
+from fracsurv._base import appended_feature_names, check_survival_y, row_label, survival_arrays
 from fracsurv.stratify.cutpoint import maxstat_cutpoint
 
 __all__ = ["ADDED_COLUMNS", "GROUPS", "HIGH_RISK_GROUPS", "RiskGrouper"]
@@ -217,6 +217,5 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns (less any old risk columns) plus ``risk_group``, ``risk_LH``, ``risk_HIGH``."""
         check_is_fitted(self, "thresholds_")
-        names = _check_feature_names_in(self, input_features)
-        kept = [c for c in names if c not in ADDED_COLUMNS]
-        return np.asarray([*kept, *ADDED_COLUMNS], dtype=object)
+        return appended_feature_names(_check_feature_names_in(self, input_features),
+                                      ADDED_COLUMNS)

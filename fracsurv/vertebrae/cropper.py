@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import FrameTransformerMixin, derive_seed, row_label
+from fracsurv._base import FrameTransformerMixin, appended_feature_names, derive_seed, row_label
 from fracsurv.io.refs import ImageCache, hash_parts
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import to_chw
@@ -385,9 +385,9 @@ patience, device, precision, random_state, verbose
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus the added ones."""
         check_is_fitted(self, "module_")
-        new = [self.vertebrae_column, *SUMMARY_COLUMNS, self.output_column]
         names = self.feature_names_in_ if input_features is None else input_features
-        return np.asarray([*[c for c in names if c not in new], *new], dtype=object)
+        return appended_feature_names(
+            names, [self.vertebrae_column, *SUMMARY_COLUMNS, self.output_column])
 
     # -- persistence -----------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
