@@ -31,7 +31,7 @@ from fracsurv.survival._fusion_nets import AUX_RISKS, FUSIONS
 from fracsurv.survival._mixin import BreslowSurvivalMixin
 from fracsurv.survival.deepsurv import survival_target_tensor
 from fracsurv.survival.fusion.data import FusionDataMixin
-from fracsurv.survival.fusion.training import FusionTrainingMixin
+from fracsurv.survival.fusion.training import FitData, FusionTrainingMixin
 
 __all__ = ["DEFAULT_ALPHA_GRID", "FusionSurvival"]
 
@@ -343,13 +343,13 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         split_seed = derive_seed(self.random_state)
         self.histories_: list[dict[str, Any]] = []
         self.alpha_scores_: dict[float, float] | None = None
-        fit_data = (ds, X, tab, y, split_seed)
+        data = FitData(ds=ds, X=X, tab=tab, y=y, split_seed=split_seed)
         # 4. train: one network, or one per alpha of the search
         if self.fusion == "alpha" and self.alpha == "search":
-            alpha = self._search_alpha(*fit_data)
+            alpha = self._search_alpha(data)
         else:
             alpha = float(self.alpha) if self.fusion == "alpha" else 0.0
-            self._fit_stages(self._seeded_module(alpha), *fit_data)
+            self._fit_stages(self._seeded_module(alpha), data)
         # 5. the fitted state and the Breslow baseline
         self.alpha_ = alpha if self.fusion == "alpha" else None
         self.late_weights_ = (self.module_.late_weights().numpy()

@@ -8,6 +8,7 @@ through its own setters (``set_clinical_linear``, ``set_late_weights``,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,35 @@ from fracsurv.survival.deepsurv import survival_target_tensor
 from fracsurv.survival.fusion.data import FusionImages
 from fracsurv.survival.loss import fit_ridge_cox
 
-__all__ = ["FusionTrainingMixin"]
+__all__ = ["FitData", "FusionTrainingMixin"]
 
 _MIN_HEAD_EVENTS = 20  # held-out events needed to fit the late-fusion FC on them alone
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What the training steps of one ``fit`` read.
+
+    Attributes
+    ----------
+    ds : FusionImages
+        The training rows' streaming dataset (images, standardised clinical
+        inputs, targets).
+    X : DataFrame
+        The frame ``fit`` was given.
+    tab : ndarray of shape (n, p)
+        Its clinical matrix (not standardised).
+    y : structured ndarray
+        The survival target.
+    split_seed : int
+        Seed of the one inner validation split every stage uses.
+    """
+
+    ds: FusionImages
+    X: pd.DataFrame
+    tab: np.ndarray
+    y: np.ndarray
+    split_seed: int
 
 
 class FusionTrainingMixin:
@@ -92,8 +119,7 @@ class FusionTrainingMixin:
         """A linear clinical branch started at its exact fit needs no training stage."""
         return self.linear_init == "cox" and not tuple(self.tab_hidden)
 
-    def _init_clinical_linear(self, module: FusionNet, ds: FusionImages, y: np.ndarray,
-                              split_seed: int) -> None:
+    def _init_clinical_linear(self, module: FusionNet, data: FitData) -> None:
         """``linear_init="cox"``: start the clinical linear term at the ridge Cox fit.
 
         Fitted on the training rows of the inner split (never the validation
@@ -103,8 +129,9 @@ class FusionTrainingMixin:
         """
         if self.linear_init != "cox" or module.clinical_linear() is None:
             return
-        rows = self._split_rows(len(ds), split_seed)[0]
-        t = torch.as_tensor(survival_target_tensor(y, np.float64)[rows])
+        ds = data.ds
+        rows = self._split_rows(len(ds), data.split_seed)[0]
+        t = torch.as_tensor(survival_target_tensor(data.y, np.float64)[rows])
         w = fit_ridge_cox(torch.as_tensor(ds.tabular[rows]), t[:, 0], t[:, 1], ties=self.ties)
         module.set_clinical_linear(w)
 
@@ -112,9 +139,9 @@ class FusionTrainingMixin:
         self._seed()
         return self._build_module(alpha)
 
-    def _fit_stages(self, module: FusionNet, ds: FusionImages, X: pd.DataFrame,
-                    tab: np.ndarray, y: np.ndarray, split_seed: int) -> None:
-        self._init_clinical_linear(module, ds, y, split_seed)
+    def _fit_stages(self, module: FusionNet, data: FitData) -> None:
+        ds, split_seed = data.ds, data.split_seed
+        self._init_clinical_linear(module, data)
         parts = self._pretrain_parts()
         for part in parts:  # each sub-model alone, on its own risk head
             if part == "tabular" and self._exact_clinical():
@@ -127,7 +154,7 @@ class FusionTrainingMixin:
         frozen = parts if self.freeze_pretrained else ()
         if self.fusion == "late" and set(parts) == {"image", "tabular"}:
             self.module_ = module
-            self._fit_late_head(module, X, tab, y, split_seed)
+            self._fit_late_head(module, data)
             if self.freeze_pretrained:
                 module.stage = "fusion"
                 module.freeze(())
@@ -140,8 +167,7 @@ class FusionTrainingMixin:
         self._train_stage(module, "fusion", tuple(frozen), ds, split_seed)
         module.freeze(())
 
-    def _fit_late_head(self, module: FusionNet, X: pd.DataFrame, tab: np.ndarray,
-                       y: np.ndarray, split_seed: int) -> None:
+    def _fit_late_head(self, module: FusionNet, data: FitData) -> None:
         """Fit the late-fusion FC as a 2-covariate Cox model on the frozen sub-models' risks.
 
         ``head_rows="validation"``: the risks are those of the inner
@@ -149,8 +175,9 @@ class FusionTrainingMixin:
         rows, the FC favours whichever sub-model overfits more), when they hold at
         least 20 events; otherwise every row. ``"all"``: every row.
         """
-        target = survival_target_tensor(y, np.float64)
-        rows = self._valid_rows(len(X), split_seed)
+        X, tab = data.X, data.tab
+        target = survival_target_tensor(data.y, np.float64)
+        rows = self._valid_rows(len(X), data.split_seed)
         if self.head_rows == "all" or target[rows, 1].sum() < _MIN_HEAD_EVENTS:
             rows = np.arange(len(X))
         risks = torch.as_tensor(self._sub_risks(X.iloc[rows], tab[rows]), dtype=torch.float64)
@@ -163,8 +190,7 @@ class FusionTrainingMixin:
         ds = self._dataset(X, tab)
         return self._batched(ds, lambda m, b: m.risks(**b)).reshape(-1, 2).astype(np.float64)
 
-    def _search_alpha(self, ds: FusionImages, X: pd.DataFrame, tab: np.ndarray,
-                      y: np.ndarray, split_seed: int) -> float:
+    def _search_alpha(self, data: FitData) -> float:
         """One model per alpha on the same inner split; keep the best validation C-index.
 
         Returns the chosen alpha.
@@ -175,11 +201,11 @@ class FusionTrainingMixin:
             raise ValueError("alpha='search' needs an inner validation split "
                              "(validation_fraction > 0)")
         if set(self._pretrain_parts()) == {"image", "tabular"} and self.freeze_pretrained:
-            return self._search_alpha_frozen(ds, X, tab, y, split_seed)
+            return self._search_alpha_frozen(data)
         for a in [float(v) for v in self.alpha_grid]:
             self.histories_ = []
             module = self._seeded_module(a)
-            self._fit_stages(module, ds, X, tab, y, split_seed)
+            self._fit_stages(module, data)
             hist = self.histories_[-1]["history"] if self.histories_ else []
             vals = [h.get("valid_cindex") for h in hist if h.get("valid_cindex") is not None]
             score = float(max(vals)) if vals else float("nan")
@@ -192,8 +218,7 @@ class FusionTrainingMixin:
         self.alpha_scores_ = scores
         return best[3]
 
-    def _search_alpha_frozen(self, ds: FusionImages, X: pd.DataFrame, tab: np.ndarray,
-                             y: np.ndarray, split_seed: int) -> float:
+    def _search_alpha_frozen(self, data: FitData) -> float:
         """Alpha search over frozen pre-trained sub-models: they do not depend on alpha,
         so they are trained once and every alpha is scored by the C-index of the same
         risks (of the validation rows, or of every row with ``head_rows="all"``): one
@@ -203,9 +228,10 @@ class FusionTrainingMixin:
         grid = [float(v) for v in self.alpha_grid]
         self.histories_ = []
         module = self._seeded_module(grid[0])
-        self._fit_stages(module, ds, X, tab, y, split_seed)
+        self._fit_stages(module, data)
+        X, tab, y = data.X, data.tab, data.y
         rows = (np.arange(len(X)) if self.head_rows == "all"
-                else self._valid_rows(len(X), split_seed))
+                else self._valid_rows(len(X), data.split_seed))
         risks = self._sub_risks(X.iloc[rows], tab[rows])
         has_events = bool(survival_arrays(y[rows])[0].any())
         scores = {a: concordance_index(y[rows], a * risks[:, 0] + (1 - a) * risks[:, 1])
