@@ -94,3 +94,12 @@ def test_pvf_scorer_input_is_deprecated_for_image_input():
         warnings.simplefilter("error", FutureWarning)
         with pytest.raises(TypeError, match="DataFrame"):
             PVFScorer(image_input="crops").fit(np.zeros((3, 3)))
+
+
+def test_diffx_image_size_is_deprecated_for_input_shape():
+    from fracsurv.generative import DIFFX_PRESETS
+
+    assert all("input_shape" in p and "image_size" not in p for p in DIFFX_PRESETS.values())
+    assert DiffXGenerator(input_shape=(64, 32))._input_shape() == (64, 32)
+    with pytest.warns(FutureWarning, match="'image_size' is deprecated.*'input_shape'"):
+        assert DiffXGenerator(image_size=(32, 16))._input_shape(warn=True) == (32, 16)

@@ -148,7 +148,7 @@ def stage_future(ctx: DemoContext) -> None:
     n_fit = min(len(ctx.train), 60 if ctx.tiny else 160)  # sized for the 10-minute budget
     gen.fit(ctx.train.iloc[:n_fit])
     print(f"    DiffXGenerator trained on {gen.n_train_images_} images "
-          f"({preset['image_size'][0]}x{preset['image_size'][1]})", flush=True)
+          f"({preset['input_shape'][0]}x{preset['input_shape'][1]})", flush=True)
     ctx.train, ctx.test = gen.transform(ctx.train), gen.transform(ctx.test)
     gscorer = copy.deepcopy(scorer).set_params(image_column="future_images", output_column="gpvf",
                                                n_seeds=gen.n_seeds)

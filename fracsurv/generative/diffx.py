@@ -23,6 +23,7 @@ anatomy looks like years later.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -50,19 +51,19 @@ __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 #: trains in minutes on 2 cores at 128 x 64; ``"demo"`` is what ``fracsurv demo``
 #: runs (64 x 32, 10-year horizon, 2 seeds); ``"tiny"`` is for tests.
 DIFFX_PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"image_size": (512, 512), "ae_channels": (64, 128, 256, 256),
+    "full": {"input_shape": (512, 512), "ae_channels": (64, 128, 256, 256),
              "unet_channels": (128, 256, 512, 512), "layers_per_block": 2,
              "cross_attention_dim": 256, "n_inference_steps": 50, "ae_epochs": 100,
              "ldm_epochs": 300, "batch_size": 16},
-    "cpu": {"image_size": (128, 64), "ae_channels": (16, 32, 32, 32),
+    "cpu": {"input_shape": (128, 64), "ae_channels": (16, 32, 32, 32),
             "unet_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": 64,
             "attention_head_dim": 8, "n_inference_steps": 20, "ae_epochs": 8, "ldm_epochs": 15,
             "batch_size": 32, "lr": 5e-4},
-    "demo": {"image_size": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
+    "demo": {"input_shape": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
              "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
              "n_inference_steps": 10, "ae_epochs": 6, "ldm_epochs": 12, "batch_size": 32,
              "lr": 1e-3, "horizons": (10,), "n_seeds": 2},
-    "tiny": {"image_size": (32, 16), "ae_channels": (8, 16), "latent_channels": 2,
+    "tiny": {"input_shape": (32, 16), "ae_channels": (8, 16), "latent_channels": 2,
              "unet_channels": (16, 16), "layers_per_block": 1, "cross_attention_dim": 16,
              "attention_head_dim": 8, "n_inference_steps": 6, "ae_epochs": 2, "ldm_epochs": 2,
              "batch_size": 4, "n_seeds": 2, "horizons": (1, 5)},
@@ -89,9 +90,10 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         Generated images per horizon (the study's 10 random seeds).
     prompt_template : str
         With ``{age}`` and ``{sex}``.
-    image_size : (int, int), default=(512, 512)
+    input_shape : (int, int), default=(512, 512)
         Working resolution (outputs are resized back to each baseline's shape
-        unless ``output_shape`` is set).
+        unless ``output_shape`` is set). ``image_size``, its former name, is
+        deprecated: passing it warns with a ``FutureWarning`` and takes precedence.
     ae_channels, latent_channels : autoencoder widths per level and latent depth.
     unet_channels, layers_per_block, cross_attention_dim, attention_head_dim : the
         UNets (both LDMs share the architecture).
@@ -142,7 +144,8 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         "horizons": ["array-like"],
         "n_seeds": [Interval(Integral, 1, None, closed="left")],
         "prompt_template": [str],
-        "image_size": [tuple, list],
+        "input_shape": [tuple, list],
+        "image_size": [tuple, list, Hidden(StrOptions({"deprecated"}))],
         "ae_channels": ["array-like"],
         "latent_channels": [Interval(Integral, 1, None, closed="left")],
         "unet_channels": ["array-like"],
@@ -171,7 +174,7 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
                  followup_age_column: str = "followup_age", age_column: str = "age",
                  sex_column: str = "sex", horizons: Sequence[Any] = (1, 5, 10, "last"),
                  n_seeds: int = 10, prompt_template: str = "An image of {age} years old {sex}",
-                 image_size: tuple[int, int] = (512, 512),
+                 input_shape: tuple[int, int] = (512, 512),
                  ae_channels: tuple[int, ...] = (64, 128, 256, 256), latent_channels: int = 4,
                  unet_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2,
                  cross_attention_dim: int = 256, attention_head_dim: int = 8,
@@ -184,7 +187,7 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
                  cache_dir: str | None = None,
                  output_shape: tuple[int, int] | None = None, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, image_size: Any = "deprecated") -> None:
         self.image_column = image_column
         self.followup_column = followup_column
         self.followup_age_column = followup_age_column
@@ -193,7 +196,7 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self.horizons = horizons
         self.n_seeds = n_seeds
         self.prompt_template = prompt_template
-        self.image_size = image_size
+        self.input_shape = input_shape
         self.ae_channels = ae_channels
         self.latent_channels = latent_channels
         self.unet_channels = unet_channels
@@ -222,6 +225,7 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.image_size = image_size
 
     # -- checks and data ---------------------------------------------------
     def _training_settings(self) -> dict[str, Any]:
@@ -241,11 +245,23 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
             if h != "last" and not (isinstance(h, int | float) and h >= 0):
                 raise ValueError(f"horizons are years >= 0 or 'last', got {h!r}")
         factor = 2 ** (len(self.ae_channels) - 1)
-        h, w = (int(s) for s in self.image_size)
+        h, w = self._input_shape()
         unet_factor = 2 ** (len(self.unet_channels) - 1)
         if h % (factor * unet_factor) or w % (factor * unet_factor):
-            raise ValueError(f"image_size {self.image_size} must be divisible by "
+            raise ValueError(f"input_shape {(h, w)} must be divisible by "
                              f"{factor * unet_factor} (autoencoder x UNet downsampling)")
+
+    def _input_shape(self, warn: bool = False) -> tuple[int, int]:
+        """``input_shape``, or the deprecated ``image_size`` when that was given."""
+        shape = self.input_shape
+        if not (isinstance(self.image_size, str) and self.image_size == "deprecated"):
+            if warn:
+                warnings.warn("DiffXGenerator's 'image_size' is deprecated and will be removed "
+                              "in a future version; use 'input_shape'", FutureWarning,
+                              stacklevel=3)
+            shape = self.image_size
+        h, w = (int(s) for s in shape)
+        return h, w
 
     def _build(self) -> DiffXModule:
         return DiffXModule(
@@ -256,12 +272,12 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
             attention_head_dim=int(self.attention_head_dim))
 
     def _prep(self, image: np.ndarray) -> torch.Tensor:
-        """(1, 1, H, W) tensor in [-1, 1] at ``image_size`` from a [0, 1] image."""
+        """(1, 1, H, W) tensor in [-1, 1] at ``input_shape`` from a [0, 1] image."""
         arr = np.asarray(image, dtype=np.float32)
         if arr.ndim == 3:
             arr = arr[0]
         t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-        t = nn.functional.interpolate(t, size=tuple(int(s) for s in self.image_size),
+        t = nn.functional.interpolate(t, size=self._input_shape(),
                                       mode="bilinear", antialias=True, align_corners=False)
         return t.clamp(0, 1) * 2 - 1
 
@@ -327,6 +343,7 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self._validate_params()
         self._require_columns(X, [self.image_column, self.age_column, self.sex_column],
                               type(self).__name__)
+        self._input_shape(warn=True)
         self._check_values()
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
