@@ -95,3 +95,15 @@ def test_valid_cindex_callback_scores_the_whole_validation_split():
         cb.on_batch_end(net, batch=batch, training=True, y_pred=torch.zeros(8))
     cb.on_epoch_end(net)
     assert net.history[-1]["valid_cindex"] == pytest.approx(concordance_index(y, risk))
+
+
+def test_calibration_recovers_a_known_temperature_and_a_monotone_map():
+    from fracsurv.scoring.calibration import fit_isotonic, fit_temperature, sigmoid
+
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 2, 20000)
+    labels = (rng.random(20000) < sigmoid(true_logit)).astype(float)
+    assert fit_temperature(3.0 * true_logit, labels) == pytest.approx(3.0, rel=0.05)
+    x, y = fit_isotonic(3.0 * true_logit, labels)
+    assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
+    assert 0.0 <= y.min() and y.max() <= 1.0

@@ -22,7 +22,6 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from fracsurv._base import appended_feature_names, derive_seed, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
@@ -32,13 +31,10 @@ from fracsurv.nn.base import IMAGE_INFERENCE_SCALE, TorchEstimatorMixin, check_i
 from fracsurv.nn.data import ImageDataset, to_chw
 from fracsurv.scoring._nets import PVFClassifier, WeightedBCE
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
+from fracsurv.scoring.calibration import fit_isotonic, fit_temperature, sigmoid
 from fracsurv.scoring.gradcam import grad_cam_maps
 
 __all__ = ["PVFScorer"]
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
 class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
@@ -302,28 +298,11 @@ patience, device, precision, random_state, verbose
         return self
 
     def _calibrate(self, logits: np.ndarray, labels: np.ndarray) -> None:
-        """Fit the temperature (L-BFGS on the log-temperature) or the isotonic map."""
+        """Fit the temperature or the isotonic map (:mod:`fracsurv.scoring.calibration`)."""
         if self.calibration == "temperature":
-            log_t = torch.zeros(1, requires_grad=True)
-            z = torch.as_tensor(logits, dtype=torch.float64)
-            yy = torch.as_tensor(labels, dtype=torch.float64)
-            opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
-
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                loss = nn.functional.binary_cross_entropy_with_logits(z / log_t.exp(), yy)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-            self.temperature_ = float(log_t.detach().exp())
+            self.temperature_ = fit_temperature(logits, labels)
         else:
-            from sklearn.isotonic import IsotonicRegression
-
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-            iso.fit(_sigmoid(logits), labels)
-            self.isotonic_ = (np.asarray(iso.X_thresholds_, float),
-                              np.asarray(iso.y_thresholds_, float))
+            self.isotonic_ = fit_isotonic(logits, labels)
 
     # -- inference -------------------------------------------------------
     def _image_logits(self, X: pd.DataFrame, items: list[Any],
@@ -334,7 +313,7 @@ patience, device, precision, random_state, verbose
         return logits.reshape(-1).astype(np.float64)
 
     def _prob(self, logits: np.ndarray) -> np.ndarray:
-        p = _sigmoid(logits / self.temperature_)
+        p = sigmoid(logits / self.temperature_)
         if self.isotonic_ is not None:
             p = np.interp(p, *self.isotonic_)
         return p
