@@ -6,13 +6,14 @@ Error messages name the problem and the first bad row, so a user with a
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["FrameTransformerMixin", "appended_feature_names", "check_features",
-           "check_survival_y", "derive_seed", "row_label", "survival_arrays"]
+__all__ = ["DEPRECATED", "FrameTransformerMixin", "appended_feature_names", "check_features",
+           "check_survival_y", "derive_seed", "renamed_param", "row_label", "survival_arrays"]
 
 
 def appended_feature_names(names: Any, added: Any) -> np.ndarray:
@@ -23,6 +24,26 @@ def appended_feature_names(names: Any, added: Any) -> np.ndarray:
     """
     added = list(added)
     return np.asarray([*[c for c in names if c not in added], *added], dtype=object)
+
+
+#: Default of a renamed parameter's former name: "not given".
+DEPRECATED = "deprecated"
+
+
+def renamed_param(est: Any, new: str, old: str, *, warn: bool = False) -> Any:
+    """The value of parameter ``new``, or of its former name ``old`` when that was given.
+
+    scikit-learn's deprecation of a renamed parameter: the old name stays a
+    parameter defaulting to ``"deprecated"``; given, it takes precedence and
+    (with ``warn``, at ``fit``) a ``FutureWarning`` names the new one.
+    """
+    value = getattr(est, old)
+    if isinstance(value, str) and value == DEPRECATED:
+        return getattr(est, new)
+    if warn:
+        warnings.warn(f"{type(est).__name__}'s {old!r} is deprecated and will be removed in a "
+                      f"future version; use {new!r}", FutureWarning, stacklevel=3)
+    return value
 
 
 def derive_seed(random_state: Any) -> int:

@@ -103,3 +103,16 @@ def test_diffx_image_size_is_deprecated_for_input_shape():
     assert DiffXGenerator(input_shape=(64, 32))._input_shape() == (64, 32)
     with pytest.warns(FutureWarning, match="'image_size' is deprecated.*'input_shape'"):
         assert DiffXGenerator(image_size=(32, 16))._input_shape(warn=True) == (32, 16)
+
+
+def test_fusion_clinical_names_deprecate_the_tabular_ones():
+    est = FusionSurvival(clinical_columns=["a"], clinical_hidden_units=(4,))
+    assert est._clinical_columns_param() == ["a"] and est._hidden_units() == (4,)
+    old = FusionSurvival(tabular_columns=["b"], tab_hidden=())
+    with pytest.warns(FutureWarning, match="'tabular_columns' is deprecated.*'clinical_columns'"):
+        assert old._clinical_columns_param(warn=True) == ["b"]
+    with pytest.warns(FutureWarning, match="'tab_hidden' is deprecated.*'clinical_hidden_units'"):
+        assert old._hidden_units(warn=True) == ()
+    # fit warns (before it reads the data)
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="DataFrame"):
+        FusionSurvival(tab_hidden=(8,)).fit(None, None)

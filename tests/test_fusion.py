@@ -19,7 +19,7 @@ from fracsurv.nn.augment import RandSaltPepper, make_augmenter, rotation_padded_
 from fracsurv.survival import FusionSurvival
 
 TAB = ["x1", "x2"]
-FAST = {"backbone": "resnet10-tiny", "tabular_columns": TAB, "tab_hidden": (8, 16),
+FAST = {"backbone": "resnet10-tiny", "clinical_columns": TAB, "clinical_hidden_units": (8, 16),
         "max_epochs": 10, "batch_size": 32, "lr": 3e-3, "augment": False,
         "validation_fraction": 0.0, "scheduler": None, "random_state": 0, "device": "cpu"}
 
@@ -566,10 +566,10 @@ def _ridge_on_training_rows(est, X, y):
 
 
 def test_linear_clinical_branch_is_the_exact_ridge_cox_fit(data):
-    """linear_init='cox', tab_hidden=(): the clinical sub-model is fitted, not trained;
+    """linear_init='cox', clinical_hidden_units=(): the clinical sub-model is fitted, not trained;
     'random' trains it from a random start instead."""
     (X, y, _), _ = data
-    kw = {**FAST, "tab_hidden": (), "max_epochs": 3, "validation_fraction": 0.25}
+    kw = {**FAST, "clinical_hidden_units": (), "max_epochs": 3, "validation_fraction": 0.25}
     est = FusionSurvival(image_input="crops", fusion="late", **kw).fit(X, y)
     assert est.histories_[0]["stage"] == "tabular" and est.histories_[0]["history"] == []
     assert [h["stage"] for h in est.histories_] == ["tabular", "image"]

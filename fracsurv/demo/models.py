@@ -40,7 +40,7 @@ def _models(ctx: DemoContext) -> dict[str, tuple[Callable[[], Any], list[str]]]:
             lambda: DeepSurvRegressor(**small), clinical + image_scores)
     if "crops" in ctx.train.columns:
         fusion = {"image_input": "crops", "backbone": "resnet10-tiny", "fusion": "intermediate",
-                  "tabular_columns": clinical, "max_epochs": 2 if ctx.tiny else 12,
+                  "clinical_columns": clinical, "max_epochs": 2 if ctx.tiny else 12,
                   "batch_size": 32, "lr": 2e-3, "augment": not ctx.tiny,
                   "validation_fraction": 0.0, "random_state": ctx.seed}
         models["FusionSurvival (13 crops + clinical)"] = (

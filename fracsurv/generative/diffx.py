@@ -23,7 +23,6 @@ anatomy looks like years later.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -36,7 +35,7 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from fracsurv._base import FrameTransformerMixin, row_label
+from fracsurv._base import FrameTransformerMixin, renamed_param, row_label
 from fracsurv.generative.nets import DiffXModule, make_schedulers
 from fracsurv.generative.objectives import AELoss, AEObjective, EpsLoss, EpsObjective
 from fracsurv.generative.prompts import format_prompt, tokenize
@@ -253,13 +252,7 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
 
     def _input_shape(self, warn: bool = False) -> tuple[int, int]:
         """``input_shape``, or the deprecated ``image_size`` when that was given."""
-        shape = self.input_shape
-        if not (isinstance(self.image_size, str) and self.image_size == "deprecated"):
-            if warn:
-                warnings.warn("DiffXGenerator's 'image_size' is deprecated and will be removed "
-                              "in a future version; use 'input_shape'", FutureWarning,
-                              stacklevel=3)
-            shape = self.image_size
+        shape = renamed_param(self, "input_shape", "image_size", warn=warn)
         h, w = (int(s) for s in shape)
         return h, w
 

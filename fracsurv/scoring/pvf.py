@@ -10,7 +10,6 @@ images.
 
 from __future__ import annotations
 
-import warnings
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -23,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import appended_feature_names, derive_seed, row_label
+from fracsurv._base import appended_feature_names, derive_seed, renamed_param, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import BACKBONES, default_cam_layer
@@ -172,13 +171,7 @@ patience, device, precision, random_state, verbose
     # -- validation ------------------------------------------------------
     def _image_input(self, warn: bool = False) -> str:
         """``image_input``, or the deprecated ``input`` when that was given."""
-        if self.input == "deprecated":
-            return self.image_input
-        if warn:
-            warnings.warn("PVFScorer's 'input' is deprecated and will be removed in a future "
-                          "version; use 'image_input' (the name FusionSurvival uses)",
-                          FutureWarning, stacklevel=3)
-        return self.input
+        return renamed_param(self, "image_input", "input", warn=warn)
 
     def _labels(self, X: pd.DataFrame, y: Any) -> np.ndarray:
         """0/1 labels from a plain ``y`` or, otherwise (None or structured y), ``label_column``."""

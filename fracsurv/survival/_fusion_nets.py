@@ -140,7 +140,7 @@ class FusionNet(nn.Module):
     backbone, in_channels, shape : image branch (see :func:`make_backbone`).
     n_tab : int
         Clinical inputs (0 for ``image_only``).
-    tab_hidden : tuple of int
+    clinical_hidden_units : tuple of int
         Clinical trunk widths, the study's ``(64, 128)``.
     dropout : float
     alpha : float
@@ -168,7 +168,8 @@ class FusionNet(nn.Module):
     """
 
     def __init__(self, fusion: str, backbone: str, in_channels: int, shape: tuple[int, int],
-                 n_tab: int, tab_hidden: tuple[int, ...] = (64, 128), dropout: float = 0.1,
+                 n_tab: int, clinical_hidden_units: tuple[int, ...] = (64, 128),
+                 dropout: float = 0.1,
                  alpha: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
                  aux_per_crop: bool = False, shared_crops: bool = False,
                  crop_pool: str = "max", aux_risk: str = "only") -> None:
@@ -184,7 +185,7 @@ class FusionNet(nn.Module):
         if aux_per_crop and not shared_crops:
             raise ValueError("a per-crop auxiliary label needs the shared crop encoder")
         self.image = _ImageBranch(backbone, in_channels, shape, shared_crops, crop_pool)
-        self.tabular = (_TabularBranch(n_tab, tuple(tab_hidden), dropout, linear_skip)
+        self.tabular = (_TabularBranch(n_tab, tuple(clinical_hidden_units), dropout, linear_skip)
                         if fusion != "image_only" else None)
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.fuse: nn.Module | None = None

@@ -64,10 +64,10 @@ class FusionDataMixin:
     def _tab_cols(self) -> list[str]:
         if self.fusion == "image_only":
             return []
-        cols = (list(CLINICAL_COLUMNS) if self.tabular_columns is None
-                else [str(c) for c in self.tabular_columns])
+        given = self._clinical_columns_param()
+        cols = list(CLINICAL_COLUMNS) if given is None else [str(c) for c in given]
         if not cols:
-            raise ValueError("tabular_columns is empty; use fusion='image_only' for images alone")
+            raise ValueError("clinical_columns is empty; use fusion='image_only' for images alone")
         return cols
 
     def _check_frame(self, X: Any, tab_cols: list[str]) -> np.ndarray:
@@ -82,8 +82,8 @@ class FusionDataMixin:
             raise ValueError(f"X has no image column {col!r}{hint}")
         missing = [c for c in tab_cols if c not in X.columns]
         if missing:
-            raise ValueError(f"X has no clinical column {missing[0]!r} (tabular_columns "
-                             f"{'default' if self.tabular_columns is None else 'given'}: "
+            raise ValueError(f"X has no clinical column {missing[0]!r} (clinical_columns "
+                             f"{'default' if self._clinical_columns_param() is None else 'given'}: "
                              f"{tab_cols})")
         for pos, cell in enumerate(X[col]):
             if is_missing(cell) or not iter_cell(cell):

@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import check_survival_y, derive_seed
+from fracsurv._base import DEPRECATED, check_survival_y, derive_seed, renamed_param
 from fracsurv.nn.backbones import BACKBONES
 from fracsurv.nn.base import TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.pooling import CROP_POOLS
@@ -66,7 +66,7 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         value of ``alpha_grid`` and keeps the one with the best C-index on the
         inner validation split (``alpha_`` and ``alpha_scores_`` record it).
     alpha_grid : sequence of float, default=(0.3, ..., 0.9)
-    tabular_columns : sequence of str, optional
+    clinical_columns : sequence of str, optional
         Clinical columns of X (numeric, no missing values). ``None`` uses the
         data contract's 11 clinical columns
         (:data:`fracsurv.contract.CLINICAL_COLUMNS`).
@@ -100,8 +100,9 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         effective parameters (a linear clinical branch, an image risk read off
         an auxiliary head), whose training-row risks are barely optimistic: the
         combination then sees every event instead of a noisy 15 %.
-    tab_hidden : tuple of int, default=(64, 128)
-        Clinical branch widths (the study's DeepSurv).
+    clinical_hidden_units : tuple of int, default=(64, 128)
+        Clinical branch widths (the study's DeepSurv; ``hidden_units`` of
+        :class:`DeepSurvRegressor`).
     dropout : float, default=0.1
         Dropout in the clinical branch.
     linear_skip : bool, default=True
@@ -109,7 +110,7 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         intermediate-fusion) risk, as :class:`DeepSurvRegressor` does.
     linear_init : {"cox", "random"}, default="cox"
         ``"cox"``: the clinical linear term (the skip term, or the whole branch
-        when ``tab_hidden=()``) starts at the ridge Cox fit on the inner
+        when ``clinical_hidden_units=()``) starts at the ridge Cox fit on the inner
         training rows (:func:`fracsurv.survival.fit_ridge_cox`) and the MLP's
         risk head at zero, so the clinical risk starts as the linear Cox model;
         a linear branch is then fitted, not trained, and its pre-training stage
@@ -190,6 +191,11 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
 
     Notes
     -----
+    ``tabular_columns`` and ``tab_hidden`` are the deprecated former names of
+    ``clinical_columns`` and ``clinical_hidden_units``: given, they warn with a
+    ``FutureWarning`` and take precedence. The fitted ``tabular_columns_`` keeps
+    its name.
+
     The defaults ``linear_init="cox"`` and ``aux_risk="only"`` are the measured
     choices of ``benchmarks/fusion.py`` (numbers in ``docs/fusion_survival.md``):
     mini-batch Adam had not converged a linear clinical branch in 20 epochs at
@@ -204,7 +210,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         "fusion": [StrOptions(set(FUSIONS))],
         "alpha": [Interval(Real, 0, 1, closed="both"), StrOptions({"search"})],
         "alpha_grid": ["array-like"],
-        "tabular_columns": ["array-like", None],
+        "clinical_columns": ["array-like", None],
+        "tabular_columns": ["array-like", None, Hidden(StrOptions({DEPRECATED}))],
         "image_column": [str, None],
         "crop_encoder": [StrOptions({"channels", "shared"})],
         "crop_pool": [StrOptions(set(CROP_POOLS))],
@@ -212,7 +219,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         "pretrain": [StrOptions(set(_PRETRAIN))],
         "freeze_pretrained": ["boolean"],
         "head_rows": [StrOptions({"validation", "all"})],
-        "tab_hidden": ["array-like"],
+        "clinical_hidden_units": ["array-like"],
+        "tab_hidden": ["array-like", Hidden(StrOptions({DEPRECATED}))],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "linear_skip": ["boolean"],
         "linear_init": [StrOptions({"cox", "random"})],
@@ -231,11 +239,11 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
     def __init__(self, image_input: str = "crops", *, backbone: str = "resnet50",
                  fusion: str = "intermediate", alpha: float | str = 0.8,
                  alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
-                 tabular_columns: Sequence[str] | None = None, image_column: str | None = None,
+                 clinical_columns: Sequence[str] | None = None, image_column: str | None = None,
                  crop_encoder: str = "channels", crop_pool: str = "max",
                  input_shape: tuple[int, int] | None = None, pretrain: str = "auto",
                  freeze_pretrained: bool = True, head_rows: str = "validation",
-                 tab_hidden: tuple[int, ...] = (64, 128),
+                 clinical_hidden_units: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1, linear_skip: bool = True, linear_init: str = "cox",
                  aux_column: str | None = None,
                  aux_weight: float = 0.5, aux_risk: str = "only", augment: bool = True,
@@ -244,13 +252,14 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
                  lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 32,
                  max_epochs: int = 100, validation_fraction: float = 0.15, patience: int = 20,
                  num_workers: int = 0, device: str = "auto", precision: str = "auto",
-                 random_state: int | None = None, verbose: int = 0) -> None:
+                 random_state: int | None = None, verbose: int = 0,
+                 tabular_columns: Any = DEPRECATED, tab_hidden: Any = DEPRECATED) -> None:
         self.image_input = image_input
         self.backbone = backbone
         self.fusion = fusion
         self.alpha = alpha
         self.alpha_grid = alpha_grid
-        self.tabular_columns = tabular_columns
+        self.clinical_columns = clinical_columns
         self.image_column = image_column
         self.crop_encoder = crop_encoder
         self.crop_pool = crop_pool
@@ -258,7 +267,7 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         self.pretrain = pretrain
         self.freeze_pretrained = freeze_pretrained
         self.head_rows = head_rows
-        self.tab_hidden = tab_hidden
+        self.clinical_hidden_units = clinical_hidden_units
         self.dropout = dropout
         self.linear_skip = linear_skip
         self.linear_init = linear_init
@@ -281,6 +290,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.tabular_columns = tabular_columns
+        self.tab_hidden = tab_hidden
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -289,6 +300,12 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         return tags
 
     # -- parameters and input checks --------------------------------------------
+    def _clinical_columns_param(self, warn: bool = False) -> Any:
+        return renamed_param(self, "clinical_columns", "tabular_columns", warn=warn)
+
+    def _hidden_units(self, warn: bool = False) -> tuple[int, ...]:
+        return tuple(renamed_param(self, "clinical_hidden_units", "tab_hidden", warn=warn))
+
     def _check_rules(self) -> None:
         """Rules beyond the declared constraints: the alpha grid searched and the shape."""
         if self.alpha == "search":
@@ -324,6 +341,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         """
         # 1. check the parameters and the data
         self._validate_params()
+        self._clinical_columns_param(warn=True)
+        self._hidden_units(warn=True)
         self._check_rules()
         tab_cols = self._tab_cols()
         tab = self._check_frame(X, tab_cols)

@@ -61,7 +61,7 @@ class FusionTrainingMixin:
 
     def _build_module(self, alpha: float) -> FusionNet:
         return FusionNet(self.fusion, self.backbone, self.n_channels_, self.input_shape_,
-                         len(self.tabular_columns_), tuple(self.tab_hidden), float(self.dropout),
+                         len(self.tabular_columns_), self._hidden_units(), float(self.dropout),
                          alpha, bool(self.linear_skip), aux_levels=int(self.aux_levels_),
                          aux_per_crop=bool(self.aux_per_crop_),
                          shared_crops=self.image_input == "crops" and self.crop_encoder == "shared",
@@ -117,7 +117,7 @@ class FusionTrainingMixin:
 
     def _exact_clinical(self) -> bool:
         """A linear clinical branch started at its exact fit needs no training stage."""
-        return self.linear_init == "cox" and not tuple(self.tab_hidden)
+        return self.linear_init == "cox" and not self._hidden_units()
 
     def _init_clinical_linear(self, module: FusionNet, data: FitData) -> None:
         """``linear_init="cox"``: start the clinical linear term at the ridge Cox fit.
