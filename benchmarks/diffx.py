@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     preset = DIFFX_PRESETS[args.preset]
-    shape = tuple(preset["image_size"])
+    shape = tuple(preset["input_shape"])
     # as many MS-SSIM scales (<= 5) as the image allows with a 7-pixel window
     scales = max(s for s in range(1, 6) if 6 * 2 ** (s - 1) < min(shape))
 

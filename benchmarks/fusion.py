@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "batch_size": 16, "lr": 1e-3, "patience": 0, "validation_fraction": 0.15,
                    "alpha_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                    "fusion_kwargs": {"aux_risk": "only", "aux_weight": 1.0, "augment": False,
-                                     "tab_hidden": (), "head_rows": "all"},
+                                     "clinical_hidden_units": (), "head_rows": "all"},
                    "alpha_kwargs": {"pretrain": "both"},
                    "variants": ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only",
                                 "cds_image_only_crops",
@@ -105,7 +105,7 @@ def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, s
     fusion = "_".join(fusion_parts)
     common = {"image_input": "image" if image_input == "full" else "crops",
               "backbone": "vit" if family == "vitds" else cfg["backbone"],
-              "fusion": fusion, "tabular_columns": clinical,
+              "fusion": fusion, "clinical_columns": clinical,
               "max_epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
               "validation_fraction": cfg["validation_fraction"], "patience": cfg["patience"],
               "device": device, "random_state": seed}

@@ -112,12 +112,12 @@ def main() -> None:
               "calibration": "temperature", "random_state": 0}
     variants = {
         "full image": PVFScorer(input_shape=image_input, **common),
-        "13 crops as channels": PVFScorer(image_column="crops13", input="crops",
+        "13 crops as channels": PVFScorer(image_column="crops13", image_input="crops",
                                           crop_encoder="channels", input_shape=crop, **common),
-        "crops, shared encoder": PVFScorer(image_column="crops", input="crops",
+        "crops, shared encoder": PVFScorer(image_column="crops", image_input="crops",
                                            crop_encoder="shared", input_shape=crop, **common),
         "crops, shared encoder, augmented": PVFScorer(
-            image_column="crops", input="crops", crop_encoder="shared", input_shape=crop,
+            image_column="crops", image_input="crops", crop_encoder="shared", input_shape=crop,
             **{**common, "augment": True}),
     }
     results, calib = {}, {}

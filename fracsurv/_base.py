@@ -6,19 +6,62 @@ Error messages name the problem and the first bad row, so a user with a
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["FrameTransformerMixin", "check_features", "check_survival_y", "row_label",
-           "survival_arrays"]
+__all__ = ["DEPRECATED", "FrameTransformerMixin", "appended_feature_names", "check_features",
+           "check_survival_y", "derive_seed", "renamed_param", "row_label", "survival_arrays"]
+
+
+def appended_feature_names(names: Any, added: Any) -> np.ndarray:
+    """``get_feature_names_out`` of a transformer that appends (or replaces) ``added``.
+
+    The input names less any of ``added``, then ``added`` in order: what
+    ``transform`` returns when it drops old copies of its columns and appends them.
+    """
+    added = list(added)
+    return np.asarray([*[c for c in names if c not in added], *added], dtype=object)
+
+
+#: Default of a renamed parameter's former name: "not given".
+DEPRECATED = "deprecated"
+
+
+def renamed_param(est: Any, new: str, old: str, *, warn: bool = False) -> Any:
+    """The value of parameter ``new``, or of its former name ``old`` when that was given.
+
+    scikit-learn's deprecation of a renamed parameter: the old name stays a
+    parameter defaulting to ``"deprecated"``; given, it takes precedence and
+    (with ``warn``, at ``fit``) a ``FutureWarning`` names the new one.
+    """
+    value = getattr(est, old)
+    if isinstance(value, str) and value == DEPRECATED:
+        return getattr(est, new)
+    if warn:
+        warnings.warn(f"{type(est).__name__}'s {old!r} is deprecated and will be removed in a "
+                      f"future version; use {new!r}", FutureWarning, stacklevel=3)
+    return value
+
+
+def derive_seed(random_state: Any) -> int:
+    """A seed in ``[0, 2**31 - 1)`` drawn from ``random_state`` (int, RandomState or None).
+
+    The one way fracsurv turns a ``random_state`` parameter into the integer seed
+    of another generator (torch, MONAI, a validation split); ``None`` draws fresh
+    entropy. A RandomState is drawn from (and advanced), as scikit-learn does.
+    """
+    from sklearn.utils import check_random_state
+
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
 
 
 class FrameTransformerMixin:
     """Tags and column checks shared by the transformers that take a pandas frame.
 
-    They add columns to the frame they are given (DESIGN.md section 3), so their
+    They add columns to the frame they are given, so their
     input is a DataFrame, not a 2-D numeric array, and they need no target.
     """
 

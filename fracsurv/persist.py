@@ -15,7 +15,6 @@ Each step is written in the safest form it allows:
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,45 +23,16 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
+from fracsurv._serial import from_json, import_allowed_class, json_value, read_arrays, write_arrays
+
 __all__ = ["load_pipeline", "save_pipeline"]
 
 _ALLOWED_PACKAGES = ("fracsurv", "sklearn", "sksurv")
 
 
-def _json_value(value: Any) -> tuple[bool, Any]:
-    """(ok, JSON form) of a plain value; tuples are tagged to come back as tuples."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return True, value
-    if isinstance(value, np.generic):
-        return True, value.item()
-    if isinstance(value, tuple | list):
-        parts = [_json_value(v) for v in value]
-        if all(ok for ok, _ in parts):
-            items = [v for _, v in parts]
-            return True, {"__tuple__": items} if isinstance(value, tuple) else items
-        return False, None
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        parts = {k: _json_value(v) for k, v in value.items()}
-        if all(ok for ok, _ in parts.values()):
-            return True, {k: v for k, (_, v) in parts.items()}
-    return False, None
-
-
-def _from_json(value: Any) -> Any:
-    """Inverse of the JSON encoding here and in ``fracsurv.nn.base``: ``{"__tuple__": [...]}``
-    back to a tuple, lists stay lists."""
-    if isinstance(value, dict):
-        if set(value) == {"__tuple__"}:
-            return tuple(_from_json(v) for v in value["__tuple__"])
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
-
-
 def _plain_state(est: BaseEstimator) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
     """JSON params/attributes and arrays of ``est``, or None if it needs pickle."""
-    ok, params = _json_value(est.get_params(deep=False))
+    ok, params = json_value(est.get_params(deep=False))
     if not ok:
         return None
     meta: dict[str, Any] = {}
@@ -75,7 +45,7 @@ def _plain_state(est: BaseEstimator) -> tuple[dict[str, Any], dict[str, np.ndarr
             continue
         if isinstance(value, np.ndarray):  # e.g. feature_names_in_
             value = value.tolist()
-        ok, jv = _json_value(value)
+        ok, jv = json_value(value)
         if not ok:
             return None
         meta[name] = jv
@@ -90,8 +60,6 @@ def save_pipeline(pipe: Pipeline | BaseEstimator, path: str | Path) -> Path:
     Path
         The folder written; ``manifest.json`` lists each step and its format.
     """
-    from safetensors.numpy import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     steps = pipe.steps if isinstance(pipe, Pipeline) else [("estimator", pipe)]
@@ -110,7 +78,7 @@ def save_pipeline(pipe: Pipeline | BaseEstimator, path: str | Path) -> Path:
             meta, arrays = state
             (folder / "state.json").write_text(json.dumps(meta, indent=2))
             if arrays:
-                save_file(arrays, str(folder / "arrays.safetensors"))
+                write_arrays(arrays, folder / "arrays.safetensors")
             entry["format"] = "json"
         else:
             import joblib
@@ -121,13 +89,6 @@ def save_pipeline(pipe: Pipeline | BaseEstimator, path: str | Path) -> Path:
         manifest["steps"].append(entry)
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return path
-
-
-def _import_class(qualname: str) -> type:
-    mod, _, cls = qualname.rpartition(".")
-    if mod.split(".")[0] not in _ALLOWED_PACKAGES:
-        raise ValueError(f"refusing to instantiate {qualname!r}: not from {_ALLOWED_PACKAGES}")
-    return getattr(importlib.import_module(mod), cls)
 
 
 def load_pipeline(path: str | Path, *, allow_pickle: bool = False) -> Any:
@@ -141,9 +102,7 @@ def load_pipeline(path: str | Path, *, allow_pickle: bool = False) -> Any:
         Steps that could only be pickled are refused unless this is True.
         Unpickling executes code from the file: only allow it for trusted files.
     """
-    from safetensors.numpy import load_file
-
-    from fracsurv.nn.base import load_model
+    from fracsurv.nn.base import load_model  # torch is imported only when needed
 
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -156,13 +115,13 @@ def load_pipeline(path: str | Path, *, allow_pickle: bool = False) -> Any:
         elif fmt == "torch":
             est = load_model(folder)
         elif fmt == "json":
-            cls = _import_class(entry["class"])
+            cls = import_allowed_class(entry["class"], _ALLOWED_PACKAGES)
             meta = json.loads((folder / "state.json").read_text())
-            est = cls(**_from_json(meta["params"]))
+            est = cls(**from_json(meta["params"]))
             for k, v in meta["attributes"].items():
-                setattr(est, k, _from_json(v))
+                setattr(est, k, from_json(v))
             if (folder / "arrays.safetensors").is_file():
-                for k, v in load_file(str(folder / "arrays.safetensors")).items():
+                for k, v in read_arrays(folder / "arrays.safetensors").items():
                     setattr(est, k, v)
             if "feature_names_in_" in meta["attributes"]:
                 est.feature_names_in_ = np.asarray(meta["attributes"]["feature_names_in_"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ class SelectColumns(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     columns : sequence of str
     """
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {"columns": ["array-like"]}
+
     def __init__(self, columns: Sequence[str] = ()) -> None:
         self.columns = columns
 
@@ -33,6 +35,7 @@ class SelectColumns(FrameTransformerMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> SelectColumns:
         """Check that the columns exist."""
+        self._validate_params()
         missing = [c for c in self.columns if c not in X.columns]
         if missing:
             raise ValueError(f"X lacks the columns {missing}")

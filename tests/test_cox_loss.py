@@ -180,8 +180,8 @@ def test_wide_spread_matches_brute_force(ties):
 
 @pytest.mark.parametrize("ties", ["efron", "breslow"])
 def test_fit_ridge_cox_matches_scikit_survival(ties):
-    """mean NLL + l2 ||w||^2 is sksurv's summed NLL + alpha/2 ||w||^2 with
-    alpha = 2 * l2 * (number of events): the same optimum on real data (WHAS500)."""
+    """mean NLL + strength/2 ||w||^2 is sksurv's summed NLL + alpha/2 ||w||^2 with
+    alpha = strength * (number of events): the same optimum on real data (WHAS500)."""
     from sksurv.datasets import load_whas500
     from sksurv.linear_model import CoxPHSurvivalAnalysis
 
@@ -191,8 +191,14 @@ def test_fit_ridge_cox_matches_scikit_survival(ties):
     x = X[["age", "bmi", "hr", "diasbp", "sysbp"]].to_numpy(float)
     x = (x - x.mean(0)) / x.std(0)
     event, time = y["fstat"].astype(float), y["lenfol"].astype(float)
-    l2 = 0.05
-    w = fit_ridge_cox(torch.tensor(x), torch.tensor(time), torch.tensor(event), l2=l2, ties=ties)
-    ref = CoxPHSurvivalAnalysis(alpha=2 * l2 * event.sum(), ties=ties).fit(x, y)
+    strength = 0.1
+    w = fit_ridge_cox(torch.tensor(x), torch.tensor(time), torch.tensor(event), strength=strength,
+                      ties=ties)
+    ref = CoxPHSurvivalAnalysis(alpha=strength * event.sum(), ties=ties).fit(x, y)
     np.testing.assert_allclose(w.numpy(), ref.coef_, atol=1e-5)
     assert w.dtype == torch.float64
+    # the former l2 (penalty l2 ||w||^2) still works, with a FutureWarning
+    with pytest.warns(FutureWarning, match="strength=2 \\* l2"):
+        old = fit_ridge_cox(torch.tensor(x), torch.tensor(time), torch.tensor(event),
+                            l2=strength / 2, ties=ties)
+    np.testing.assert_array_equal(old.numpy(), w.numpy())

@@ -161,7 +161,7 @@ def test_bad_rows_are_named(fitted, cohort):
     with pytest.raises(ValueError, match="prompt_template"):
         DiffXGenerator(**{**TINY, "prompt_template": "no age here {sex}"}).fit(cohort)
     with pytest.raises(ValueError, match="divisible"):
-        DiffXGenerator(**{**TINY, "image_size": (30, 16)}).fit(cohort)
+        DiffXGenerator(**{**TINY, "input_shape": (30, 16)}).fit(cohort)
     with pytest.raises(ValueError, match="no column"):
         fitted.transform(pd.DataFrame({"image": [1]}))
 

@@ -19,7 +19,7 @@ from fracsurv.nn.augment import RandSaltPepper, make_augmenter, rotation_padded_
 from fracsurv.survival import FusionSurvival
 
 TAB = ["x1", "x2"]
-FAST = {"backbone": "resnet10-tiny", "tabular_columns": TAB, "tab_hidden": (8, 16),
+FAST = {"backbone": "resnet10-tiny", "clinical_columns": TAB, "clinical_hidden_units": (8, 16),
         "max_epochs": 10, "batch_size": 32, "lr": 3e-3, "augment": False,
         "validation_fraction": 0.0, "scheduler": None, "random_state": 0, "device": "cpu"}
 
@@ -246,6 +246,20 @@ def test_save_load_round_trip(data, fitted, fusion, tmp_path):
     assert FusionSurvival.load(tmp_path / "m").tabular_columns_ == TAB
 
 
+def test_late_weights_survive_save_load(fitted, tmp_path):
+    est = fitted["late"]
+    assert est.late_weights_ is not None and est.late_weights_.shape == (2,)
+    est.save(tmp_path / "late")
+    back = load_model(tmp_path / "late")
+    np.testing.assert_allclose(back.late_weights_, est.late_weights_, rtol=1e-6)
+    # the saved weights are the loaded network's FC, not a stale copy
+    fc = back.module_.fuse.weight.detach().double().numpy().reshape(-1)
+    np.testing.assert_allclose(back.late_weights_, fc, rtol=1e-6)
+    est2 = fitted["intermediate"]
+    est2.save(tmp_path / "inter")
+    assert load_model(tmp_path / "inter").late_weights_ is None
+
+
 # -- errors ------------------------------------------------------------------------
 def test_clear_errors(data, fitted):
     (X, y, _), _ = data
@@ -262,9 +276,9 @@ def test_clear_errors(data, fitted):
         est.fit(bad, y)
     with pytest.raises(ValueError, match=r"no image column 'crops'.*CropStacker"):
         est.fit(X.drop(columns=["crops"]), y)
-    with pytest.raises(ValueError, match="fusion must be"):
+    with pytest.raises(ValueError, match="'fusion' parameter of FusionSurvival must be"):
         FusionSurvival(fusion="early", **FAST).fit(X, y)
-    with pytest.raises(ValueError, match="alpha must be"):
+    with pytest.raises(ValueError, match="'alpha' parameter of FusionSurvival must be"):
         FusionSurvival(alpha=1.5, **FAST).fit(X, y)
     with pytest.raises(TypeError, match="DataFrame"):
         est.fit(np.zeros((4, 3)), y[:4])
@@ -423,7 +437,7 @@ def test_aux_label_errors_name_the_row():
     bad = X.assign(label=np.where(np.arange(20) == 4, -1.0, 0.0))
     with pytest.raises(ValueError, match=r"row 504 .*has -1.0"):
         clone(shared).set_params(aux_column="label").fit(bad, y)
-    with pytest.raises(ValueError, match="crop_pool must be"):
+    with pytest.raises(ValueError, match="'crop_pool' parameter of FusionSurvival must be"):
         clone(shared).set_params(crop_pool="median").fit(X, y)
     # a row-level grade (0..3) is an ordinal label with 3 thresholds
     est = clone(shared).set_params(aux_column="sdi").fit(X.assign(sdi=X["sdi"].clip(0, 3)), y)
@@ -552,10 +566,10 @@ def _ridge_on_training_rows(est, X, y):
 
 
 def test_linear_clinical_branch_is_the_exact_ridge_cox_fit(data):
-    """linear_init='cox', tab_hidden=(): the clinical sub-model is fitted, not trained;
+    """linear_init='cox', clinical_hidden_units=(): the clinical sub-model is fitted, not trained;
     'random' trains it from a random start instead."""
     (X, y, _), _ = data
-    kw = {**FAST, "tab_hidden": (), "max_epochs": 3, "validation_fraction": 0.25}
+    kw = {**FAST, "clinical_hidden_units": (), "max_epochs": 3, "validation_fraction": 0.25}
     est = FusionSurvival(image_input="crops", fusion="late", **kw).fit(X, y)
     assert est.histories_[0]["stage"] == "tabular" and est.histories_[0]["history"] == []
     assert [h["stage"] for h in est.histories_] == ["tabular", "image"]

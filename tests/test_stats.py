@@ -109,8 +109,9 @@ def test_cox_table_on_gbsg2_and_bad_input():
                             "T", "E").summary
     got = t.hr[t.hr["model"] == "Multivariable"].set_index("covariate")
     np.testing.assert_allclose(got["CI high"], ref["exp(coef) upper 95%"], rtol=1e-9)
-    # older spelling: a list of nested models, unpacked to (display table, model table)
-    display, models = cox_table(X, y, ["age", "tsize"], multivariable=[["age"], ["age", "tsize"]])
+    # older spelling: a list of nested models
+    t2 = cox_table(X, y, ["age", "tsize"], multivariable=[["age"], ["age", "tsize"]])
+    display, models = format_cox_table(t2), t2.models
     assert list(models.index[-2:]) == ["Model 1", "Model 2"]
     assert display.loc[("tsize", "tsize"), ("Model 1", "HR (95% CI)")] == ""
     X.iloc[7, X.columns.get_loc("tsize")] = np.nan
@@ -244,7 +245,9 @@ def test_agreement_matches_scipy_and_fisher_z():
     assert st["r_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=1e-6)
     assert st["mean_difference"] == pytest.approx(np.mean(a - b))
     assert st["sd_difference"] == pytest.approx(np.std(a - b, ddof=1))
-    assert st["loa_high"] - st["loa_low"] == pytest.approx(2 * 1.96 * st["sd_difference"])
+    assert st["loa_high"] - st["loa_low"] == pytest.approx(2 * 1.959964 * st["sd_difference"])
+    st90 = agreement(a, b, confidence=0.90)  # the limits follow the confidence level
+    assert st90["loa_high"] - st90["loa_low"] == pytest.approx(2 * 1.644854 * st["sd_difference"])
     tab = agreement_table({"generated vs real": (a, b)})
     assert tab.loc["generated vs real", "n"] == 200
     fig = bland_altman_figure(a, b, labels=("GpVF", "pVF"))

@@ -64,7 +64,7 @@ def test_bad_inputs_name_the_problem():
     ok = X.fillna(0.0)
     with pytest.raises(ValueError, match="two finite numbers"):
         RiskGrouper(thresholds=(0.5,)).fit(ok)
-    with pytest.raises(ValueError, match="pair or 'optimal'"):
+    with pytest.raises(ValueError, match="'thresholds' parameter of RiskGrouper must be"):
         RiskGrouper(thresholds="best").fit(ok)
     with pytest.raises(ValueError, match="requires y"):
         RiskGrouper(thresholds="optimal").fit(ok)

@@ -11,11 +11,7 @@ import pandas as pd
 
 from fracsurv.datasets._anatomy import GRADED_LEVELS
 
-CLINICAL_COLUMNS: tuple[str, ...] = (
-    "age", "female", "bmi", "tscore_fn", "prior_fracture", "parental_hip_fracture",
-    "smoking", "glucocorticoids", "rheumatoid_arthritis", "secondary_osteoporosis",
-    "alcohol_3plus",
-)
+from fracsurv.contract import CLINICAL_COLUMNS  # noqa: F401  # isort: skip (data contract)
 
 # log-hazard of an incident fracture (per year), proportional hazards
 HAZARD_COEF = {

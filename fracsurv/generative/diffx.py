@@ -22,23 +22,27 @@ anatomy looks like years later.
 
 from __future__ import annotations
 
-import contextlib
+import os
 from collections.abc import Sequence
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from fracsurv._base import FrameTransformerMixin, row_label
-from fracsurv.generative.injection import FeatureInjector
+from fracsurv._base import FrameTransformerMixin, renamed_param, row_label
 from fracsurv.generative.nets import DiffXModule, make_schedulers
+from fracsurv.generative.objectives import AELoss, AEObjective, EpsLoss, EpsObjective
 from fracsurv.generative.prompts import format_prompt, tokenize
-from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
+from fracsurv.generative.sampling import DiffXSamplingMixin
+from fracsurv.io.refs import ImageCache, iter_cell
 from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.data import load_row_image
 
 __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 
@@ -46,81 +50,27 @@ __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 #: trains in minutes on 2 cores at 128 x 64; ``"demo"`` is what ``fracsurv demo``
 #: runs (64 x 32, 10-year horizon, 2 seeds); ``"tiny"`` is for tests.
 DIFFX_PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"image_size": (512, 512), "ae_channels": (64, 128, 256, 256),
+    "full": {"input_shape": (512, 512), "ae_channels": (64, 128, 256, 256),
              "unet_channels": (128, 256, 512, 512), "layers_per_block": 2,
              "cross_attention_dim": 256, "n_inference_steps": 50, "ae_epochs": 100,
              "ldm_epochs": 300, "batch_size": 16},
-    "cpu": {"image_size": (128, 64), "ae_channels": (16, 32, 32, 32),
+    "cpu": {"input_shape": (128, 64), "ae_channels": (16, 32, 32, 32),
             "unet_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": 64,
             "attention_head_dim": 8, "n_inference_steps": 20, "ae_epochs": 8, "ldm_epochs": 15,
             "batch_size": 32, "lr": 5e-4},
-    "demo": {"image_size": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
+    "demo": {"input_shape": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
              "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
              "n_inference_steps": 10, "ae_epochs": 6, "ldm_epochs": 12, "batch_size": 32,
              "lr": 1e-3, "horizons": (10,), "n_seeds": 2},
-    "tiny": {"image_size": (32, 16), "ae_channels": (8, 16), "latent_channels": 2,
+    "tiny": {"input_shape": (32, 16), "ae_channels": (8, 16), "latent_channels": 2,
              "unet_channels": (16, 16), "layers_per_block": 1, "cross_attention_dim": 16,
              "attention_head_dim": 8, "n_inference_steps": 6, "ae_epochs": 2, "ldm_epochs": 2,
              "batch_size": 4, "n_seeds": 2, "horizons": (1, 5)},
 }
 
 
-class _AEObjective(nn.Module):
-    """Autoencoder training pass: returns (reconstruction, input, KL)."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        post = self.vae.encode(x).latent_dist
-        return self.vae.decode(post.sample()).sample, x, post.kl().mean()
-
-
-class _AELoss(nn.Module):
-    def __init__(self, kl_weight: float) -> None:
-        super().__init__()
-        self.kl_weight = kl_weight
-
-    def forward(self, out: tuple[torch.Tensor, ...], y: Any = None) -> torch.Tensor:
-        rec, x, kl = out
-        return nn.functional.l1_loss(rec.float(), x.float()) + self.kl_weight * kl.float()
-
-
-class _EpsObjective(nn.Module):
-    """Denoising pass: random timestep, noised latent -> (predicted noise, noise)."""
-
-    def __init__(self, unet: nn.Module, text: nn.Module, scheduler: Any,
-                 prompt_dropout: float) -> None:
-        super().__init__()
-        self.unet, self.text = unet, text
-        self.scheduler = scheduler
-        self.prompt_dropout = prompt_dropout
-
-    def forward(self, z0: torch.Tensor, ids: torch.Tensor, values: torch.Tensor,
-                lowres: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        n = z0.shape[0]
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), device=z0.device)
-        noise = torch.randn_like(z0)
-        zt = self.scheduler.add_noise(z0, noise, t)
-        cond = self.text.encode_tokens(ids, values)
-        if self.training and self.prompt_dropout > 0:
-            drop = torch.rand(n, device=z0.device) < self.prompt_dropout
-            cond = torch.where(drop[:, None, None], self.text.null_embedding(n), cond)
-        inp = zt if lowres is None else torch.cat([zt, lowres], dim=1)
-        return self.unet(inp, t, encoder_hidden_states=cond).sample, noise
-
-
-class _EpsLoss(nn.Module):
-    def forward(self, out: tuple[torch.Tensor, torch.Tensor], y: Any = None) -> torch.Tensor:
-        return nn.functional.mse_loss(out[0].float(), out[1].float())
-
-
-def _seed_of(random_state: int | None, seed: int) -> int:
-    return int(np.random.SeedSequence([int(random_state or 0), int(seed)]).generate_state(1)[0])
-
-
-class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixin, BaseEstimator):
+class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMixin,
+                     TransformerMixin, BaseEstimator):
     """Language-guided generation of future radiographs (the Diff-X study's model).
 
     Parameters
@@ -139,9 +89,10 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         Generated images per horizon (the study's 10 random seeds).
     prompt_template : str
         With ``{age}`` and ``{sex}``.
-    image_size : (int, int), default=(512, 512)
+    input_shape : (int, int), default=(512, 512)
         Working resolution (outputs are resized back to each baseline's shape
-        unless ``output_shape`` is set).
+        unless ``output_shape`` is set). ``image_size``, its former name, is
+        deprecated: passing it warns with a ``FutureWarning`` and takes precedence.
     ae_channels, latent_channels : autoencoder widths per level and latent depth.
     unet_channels, layers_per_block, cross_attention_dim, attention_head_dim : the
         UNets (both LDMs share the architecture).
@@ -172,7 +123,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         references in ``future_images`` (else arrays).
     output_shape : (int, int), optional
     device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.base.TorchEstimatorMixin`.
+        The shared training parameters, documented once in :mod:`fracsurv.nn.base`.
 
     Attributes
     ----------
@@ -181,17 +132,48 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
     n_train_images_ : int
     """
 
-    #: Not parameters: fixed settings the shared base reads.
-    validation_fraction = 0.0
-    patience = 0
-    optimizer = "adam"
-    weight_decay = 0.0
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **{k: v for k, v in TorchEstimatorMixin._parameter_constraints.items()
+           if k in ("lr", "batch_size", "device", "precision", "random_state", "verbose")},
+        "image_column": [str],
+        "followup_column": [str],
+        "followup_age_column": [str],
+        "age_column": [str],
+        "sex_column": [str],
+        "horizons": ["array-like"],
+        "n_seeds": [Interval(Integral, 1, None, closed="left")],
+        "prompt_template": [str],
+        "input_shape": [tuple, list],
+        "image_size": [tuple, list, Hidden(StrOptions({"deprecated"}))],
+        "ae_channels": ["array-like"],
+        "latent_channels": [Interval(Integral, 1, None, closed="left")],
+        "unet_channels": ["array-like"],
+        "layers_per_block": [Interval(Integral, 1, None, closed="left")],
+        "cross_attention_dim": [Interval(Integral, 1, None, closed="left")],
+        "attention_head_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_train_timesteps": [Interval(Integral, 1, None, closed="left")],
+        "n_inference_steps": [Interval(Integral, 1, None, closed="left")],
+        "guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "eta": [Interval(Real, 0, 1, closed="both")],
+        "inject": ["boolean"],
+        "tau_f": [Interval(Real, 0, 1, closed="both")],
+        "tau_attn": [Interval(Real, 0, 1, closed="both")],
+        "injection_block": [Interval(Integral, 0, None, closed="left")],
+        "injection_layer": [Interval(Integral, 0, None, closed="left")],
+        "ae_epochs": [Interval(Integral, 1, None, closed="left")],
+        "ldm_epochs": [Interval(Integral, 1, None, closed="left")],
+        "prompt_dropout": [Interval(Real, 0, 1, closed="both")],
+        "kl_weight": [Interval(Real, 0, None, closed="left")],
+        "generation_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache_dir": [str, os.PathLike, None],
+        "output_shape": [tuple, list, None],
+    }
 
-    def __init__(self, image_column: str = "image", followup_column: str = "followup_image",
+    def __init__(self, image_column: str = "image", *, followup_column: str = "followup_image",
                  followup_age_column: str = "followup_age", age_column: str = "age",
                  sex_column: str = "sex", horizons: Sequence[Any] = (1, 5, 10, "last"),
                  n_seeds: int = 10, prompt_template: str = "An image of {age} years old {sex}",
-                 image_size: tuple[int, int] = (512, 512),
+                 input_shape: tuple[int, int] = (512, 512),
                  ae_channels: tuple[int, ...] = (64, 128, 256, 256), latent_channels: int = 4,
                  unet_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2,
                  cross_attention_dim: int = 256, attention_head_dim: int = 8,
@@ -204,7 +186,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
                  cache_dir: str | None = None,
                  output_shape: tuple[int, int] | None = None, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, image_size: Any = "deprecated") -> None:
         self.image_column = image_column
         self.followup_column = followup_column
         self.followup_age_column = followup_age_column
@@ -213,7 +195,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         self.horizons = horizons
         self.n_seeds = n_seeds
         self.prompt_template = prompt_template
-        self.image_size = image_size
+        self.input_shape = input_shape
         self.ae_channels = ae_channels
         self.latent_channels = latent_channels
         self.unet_channels = unet_channels
@@ -242,30 +224,39 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.image_size = image_size
 
     # -- checks and data ---------------------------------------------------
-    def _check_params(self) -> None:
+    def _training_settings(self) -> dict[str, Any]:
+        # Fixed, not parameters: Adam without weight decay and without an inner
+        # validation split; each stage sets its own number of epochs.
+        return {"optimizer": "adam", "lr": self.lr, "weight_decay": 0.0,
+                "batch_size": self.batch_size, "max_epochs": 1, "validation_fraction": 0.0,
+                "patience": 0}
+
+    def _check_values(self) -> None:
+        """Rules beyond the declared constraints: the prompt's fields, the horizons and
+        the image size's divisibility by both networks' downsampling."""
         if "{age}" not in self.prompt_template or "{sex}" not in self.prompt_template:
             raise ValueError("prompt_template must contain {age} and {sex}, got "
                              f"{self.prompt_template!r}")
-        for name in ("tau_f", "tau_attn", "prompt_dropout"):
-            v = getattr(self, name)
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
-        if int(self.n_seeds) < 1 or int(self.n_inference_steps) < 1:
-            raise ValueError("n_seeds and n_inference_steps must be at least 1")
         for h in self.horizons:
             if h != "last" and not (isinstance(h, int | float) and h >= 0):
                 raise ValueError(f"horizons are years >= 0 or 'last', got {h!r}")
         factor = 2 ** (len(self.ae_channels) - 1)
-        h, w = (int(s) for s in self.image_size)
+        h, w = self._input_shape()
         unet_factor = 2 ** (len(self.unet_channels) - 1)
         if h % (factor * unet_factor) or w % (factor * unet_factor):
-            raise ValueError(f"image_size {self.image_size} must be divisible by "
+            raise ValueError(f"input_shape {(h, w)} must be divisible by "
                              f"{factor * unet_factor} (autoencoder x UNet downsampling)")
 
+    def _input_shape(self, warn: bool = False) -> tuple[int, int]:
+        """``input_shape``, or the deprecated ``image_size`` when that was given."""
+        shape = renamed_param(self, "input_shape", "image_size", warn=warn)
+        h, w = (int(s) for s in shape)
+        return h, w
+
     def _build(self) -> DiffXModule:
-        self._check_params()
         return DiffXModule(
             template=self.prompt_template, ae_channels=tuple(self.ae_channels),
             latent_channels=int(self.latent_channels), unet_channels=tuple(self.unet_channels),
@@ -274,12 +265,12 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
             attention_head_dim=int(self.attention_head_dim))
 
     def _prep(self, image: np.ndarray) -> torch.Tensor:
-        """(1, 1, H, W) tensor in [-1, 1] at ``image_size`` from a [0, 1] image."""
+        """(1, 1, H, W) tensor in [-1, 1] at ``input_shape`` from a [0, 1] image."""
         arr = np.asarray(image, dtype=np.float32)
         if arr.ndim == 3:
             arr = arr[0]
         t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-        t = nn.functional.interpolate(t, size=tuple(int(s) for s in self.image_size),
+        t = nn.functional.interpolate(t, size=self._input_shape(),
                                       mode="bilinear", antialias=True, align_corners=False)
         return t.clamp(0, 1) * 2 - 1
 
@@ -287,11 +278,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         items = iter_cell(X[column].iloc[pos])
         if not items:
             return None
-        try:
-            return load_image(items[0])
-        except Exception as exc:  # re-raised naming the row; identifiers never enter the message
-            raise ValueError(f"{column}: cannot read the image of {row_label(X, pos)}: "
-                             f"{type(exc).__name__}") from exc
+        return load_row_image(items[0], f"{row_label(X, pos)} (column {column!r})")
 
     def _row_age_sex(self, X: pd.DataFrame, pos: int) -> tuple[float, Any]:
         age = X[self.age_column].iloc[pos]
@@ -346,9 +333,11 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         y : ignored
             Present so the generator fits inside a survival Pipeline.
         """
+        self._validate_params()
         self._require_columns(X, [self.image_column, self.age_column, self.sex_column],
                               type(self).__name__)
-        self._check_params()
+        self._input_shape(warn=True)
+        self._check_values()
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self._seed()
@@ -357,7 +346,7 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         n = len(images)
         self.n_train_images_ = n
         self.loss_history_ = {"autoencoder": self._train_stage(
-            _AEObjective(module.vae), _AELoss(float(self.kl_weight)), images, n,
+            AEObjective(module.vae), AELoss(float(self.kl_weight)), images, n,
             self.ae_epochs)}
         module.eval()
         with torch.no_grad():
@@ -369,142 +358,15 @@ class DiffXGenerator(FrameTransformerMixin, TorchEstimatorMixin, TransformerMixi
         data = {"z0": z0, "ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
         sched, _ = make_schedulers(self.n_train_timesteps)
         self.loss_history_["ldm1"] = self._train_stage(
-            _EpsObjective(module.ldm1, module.text1, sched, 0.0), _EpsLoss(),
+            EpsObjective(module.ldm1, module.text1, sched, 0.0), EpsLoss(),
             {**data, "lowres": module.lowres(images)}, n, self.ldm_epochs)
         self.loss_history_["ldm2"] = self._train_stage(
-            _EpsObjective(module.ldm2, module.text2, sched, float(self.prompt_dropout)),
-            _EpsLoss(), data, n, self.ldm_epochs)
+            EpsObjective(module.ldm2, module.text2, sched, float(self.prompt_dropout)),
+            EpsLoss(), data, n, self.ldm_epochs)
         self.module_ = module.eval()
         self._inversions = {}
         return self
 
-    # -- sampling ------------------------------------------------------------
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        amp = self._amp_dtype()
-        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
-    def _encode_baselines(self, images: Sequence[np.ndarray], ages: Sequence[float],
-                          sexes: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inverted noise z_T, low-res copies, LDM-1 prompt embeddings) of baselines.
-
-        Inversions are cached per (image, age, sex, steps); the missing ones are
-        computed together in one batch.
-        """
-        m, device = self.module_, self._device()
-        x = torch.cat([self._prep(im) for im in images]).to(device)
-        cond = m.text1([format_prompt(self.prompt_template, a, s) for a, s in zip(ages, sexes,
-                                                                                 strict=True)])
-        lowres = m.lowres(x)
-        keys = [hash_parts(x[i].cpu().numpy(), float(ages[i]), str(sexes[i]),
-                           int(self.n_inference_steps)) for i in range(len(images))]
-        cache = self.__dict__.setdefault("_inversions", {})
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if todo:
-            _, inverse = make_schedulers(self.n_train_timesteps)
-            inverse.set_timesteps(int(self.n_inference_steps))
-            z, low, c = m.encode(x[todo]), lowres[todo], cond[todo]
-            for t in inverse.timesteps:
-                eps = m.ldm1(torch.cat([z, low], 1), t, encoder_hidden_states=c).sample
-                z = inverse.step(eps.float(), t, z).prev_sample
-            for j, i in enumerate(todo):
-                cache[keys[i]] = z[j:j + 1]
-        return torch.cat([cache[k] for k in keys]), lowres, cond
-
-    def generate_many(self, images: Sequence[Any], ages: Sequence[float], sexes: Sequence[Any],
-                      horizons: Sequence[Sequence[float]], seeds: Sequence[int] | None = None,
-                      inject: bool | None = None, return_injector: bool = False) -> Any:
-        """Future images of several patients in one batch.
-
-        Every patient needs the same number of horizons (their values may
-        differ) and baselines of one shape (or ``output_shape`` set). Returns an
-        array ``(n_patients, n_horizons, n_seeds, H, W)`` in [0, 1]; see
-        :meth:`generate` for the other parameters.
-        """
-        check_is_fitted(self, "module_")
-        seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
-        inject = self.inject if inject is None else bool(inject)
-        imgs = [load_image(im) for im in images]
-        n_h = {len(h) for h in horizons}
-        if len(n_h) != 1 or len(horizons) != len(imgs):
-            raise ValueError("generate_many needs one horizon list per image, all of one length")
-        shapes = {tuple(self.output_shape or im.shape[-2:]) for im in imgs}
-        if len(shapes) != 1:
-            raise ValueError(f"baselines of different shapes {sorted(shapes)}: set output_shape")
-        out_shape, n_h = shapes.pop(), n_h.pop()
-        m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
-        n_steps = len(ddim.timesteps)
-        n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
-        prompts = [format_prompt(self.prompt_template, float(a) + float(h), s)
-                   for a, s, hs in zip(ages, sexes, horizons, strict=True) for h in hs for _ in seeds]
-        k = n_h * len(seeds)  # generated images per patient
-        gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
-        injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
-                                   int(self.injection_layer), repeats=k)
-        with torch.inference_mode(), self._autocast(device):
-            z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
-            enc2 = torch.cat([m.text2.null_embedding(len(prompts)), m.text2(prompts)])
-            z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
-            with injector:
-                for i, t in enumerate(ddim.timesteps):
-                    with injector.record(i):
-                        eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
-                    z1 = ddim.step(eps1.float(), t, z1).prev_sample
-                    with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
-                        eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
-                    eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
-                    # the same noise for a seed whatever the batch: a (seed, horizon) is reproducible
-                    noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
-                    noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
-                    z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
-            x = torch.cat([m.decode(z2[j:j + 64]).float() for j in range(0, len(z2), 64)])
-        x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
-        arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
-                                                                 *out_shape)
-        return (arr, injector) if return_injector else arr
-
-    def generate(self, image: Any, age: float, sex: Any, horizons: Sequence[float],
-                 seeds: Sequence[int] | None = None, inject: bool | None = None,
-                 return_injector: bool = False) -> Any:
-        """Future images of one patient: array ``(len(horizons), len(seeds), H, W)`` in [0, 1].
-
-        Parameters
-        ----------
-        image : array or reference
-            Baseline radiograph.
-        age, sex : baseline age (years) and sex.
-        horizons : sequence of float
-            Years after baseline (the prompt's age is ``age + horizon``).
-        seeds : sequence of int, optional
-            Defaults to ``range(n_seeds)``; with ``random_state`` they fix the
-            DDIM noise, so a (seed, horizon) image is reproducible alone.
-        inject : bool, optional
-            Override of the ``inject`` parameter (the no-injection ablation).
-        return_injector : bool
-            Also return the :class:`FeatureInjector` (its ``log`` lists every
-            replacement as ``(step, module)``).
-        """
-        out = self.generate_many([image], [age], [sex], [list(horizons)], seeds=seeds,
-                                 inject=inject, return_injector=return_injector)
-        return (out[0][0], out[1]) if return_injector else out[0]
-
-    def reconstruct(self, image: Any, age: float, sex: Any) -> np.ndarray:
-        """LDM-1's reconstruction of ``image`` from its DDIM inversion, in [0, 1]."""
-        check_is_fitted(self, "module_")
-        img = load_image(image)
-        m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
-        with torch.inference_mode(), self._autocast(device):
-            z, lowres, cond = self._encode_baselines([img], [float(age)], [sex])
-            for t in ddim.timesteps:
-                eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
-                z = ddim.step(eps.float(), t, z).prev_sample
-            x = m.decode(z).float()
-        x = nn.functional.interpolate(x, size=img.shape[-2:], mode="bilinear", align_corners=False)
-        return ((x.clamp(-1, 1) + 1) / 2)[0, 0].cpu().numpy()
 
     def _row_horizons(self, X: pd.DataFrame, pos: int, age: float) -> list[float]:
         out = []

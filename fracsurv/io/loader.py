@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fracsurv._base import FrameTransformerMixin, row_label
+from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.dicom import DicomLoadError, decode_dicom
 from fracsurv.io.preprocess import preprocess
 from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
@@ -94,7 +98,22 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     file name, log record or error message.
     """
 
-    def __init__(self, image_column: str = "image", output_shape: tuple[int, int] | None = (1024, 512),
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "image_column": [str],
+        "output_shape": [tuple, list, None],
+        "voi": [StrOptions({"auto", "none"}), tuple, list],
+        "target_spacing": [Interval(Real, 0, None, closed="neither"), None],
+        "clahe": ["boolean"],
+        "clahe_clip_limit": [Interval(Real, 0, None, closed="neither")],
+        "clahe_kernel_size": [Interval(Integral, 1, None, closed="left"), None],
+        "normalize": [StrOptions({"minmax", "zscore", "none"}), None],
+        "cache_dir": [str, os.PathLike, None],
+        "on_error": [StrOptions({"raise", "skip"})],
+        "n_jobs": [Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, image_column: str = "image", *, output_shape: tuple[int, int] | None = DEFAULT_IMAGE_SHAPE,
                  voi: Any = "auto", target_spacing: float | None = None, clahe: bool = True,
                  clahe_clip_limit: float = 0.01, clahe_kernel_size: int | None = None,
                  normalize: str = "minmax", cache_dir: str | None = None,
@@ -120,18 +139,15 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         tags.input_tags.string = True
         return tags
 
-    def _check_params(self) -> None:
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if self.normalize not in ("minmax", "zscore", "none", None):
-            raise ValueError(f"normalize must be 'minmax', 'zscore' or 'none', got {self.normalize!r}")
-        if not (self.voi in ("auto", "none") or (isinstance(self.voi, tuple | list)
-                                                  and len(self.voi) == 2)):
+    def _check_voi(self) -> None:
+        """The length of a ``(center, width)`` window, beyond its declared type."""
+        if isinstance(self.voi, tuple | list) and len(self.voi) != 2:
             raise ValueError(f"voi must be 'auto', 'none' or (center, width), got {self.voi!r}")
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> DicomLoader:
         """Validate parameters and the frame (stateless otherwise)."""
-        self._check_params()
+        self._validate_params()
+        self._check_voi()
         self._check_frame(X)
         self.n_features_in_ = X.shape[1]
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -189,7 +205,8 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Load every row's image(s); see the class notes for the columns added."""
         check_is_fitted(self, "n_features_in_")
-        self._check_params()
+        self._validate_params()
+        self._check_voi()
         self._check_frame(X)
         cells = list(X[self.image_column])
         jobs = (delayed(self._row)(c) for c in cells)

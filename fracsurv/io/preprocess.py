@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from skimage import exposure, transform
 
+from fracsurv.contract import DEFAULT_IMAGE_SHAPE
+
 __all__ = ["minmax", "preprocess", "resize_and_pad"]
 
 
@@ -39,7 +41,7 @@ def resize_and_pad(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def preprocess(
     img: np.ndarray,
     *,
-    output_shape: tuple[int, int] | None = (1024, 512),
+    output_shape: tuple[int, int] | None = DEFAULT_IMAGE_SHAPE,
     spacing_mm: float = float("nan"),
     target_spacing: float | None = None,
     clahe: bool = True,

@@ -7,7 +7,7 @@ batches from disk. In-memory ``numpy`` arrays are accepted everywhere a
 reference is (for notebooks and tests).
 
 Cache file names are SHA-256 hashes of the content and parameters, never of a
-patient identifier (DESIGN.md section 6).
+patient identifier.
 """
 
 from __future__ import annotations

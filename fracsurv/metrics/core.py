@@ -37,6 +37,7 @@ __all__ = [
     "concordance_index_ipcw",
     "cox_lr_test",
     "cumulative_dynamic_auc",
+    "evaluation_times",
     "integrated_brier",
     "integrated_brier_ci",
     "integrated_brier_score",

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fracsurv._base import derive_seed
+
 __all__ = ["RandSaltPepper", "make_augmenter", "rotation_padded_shape"]
 
 
@@ -130,7 +132,6 @@ def make_augmenter(kind: str, random_state: Any = None, *, max_degrees: float = 
     else:
         raise ValueError(f"kind must be 'image' or 'crops', got {kind!r}")
     if random_state is not None:
-        seed = (random_state if isinstance(random_state, int)
-                else int(np.random.RandomState(random_state).randint(0, 2**31 - 1)))
+        seed = random_state if isinstance(random_state, int) else derive_seed(random_state)
         aug.set_random_state(seed=seed)
     return aug

@@ -2,51 +2,81 @@
 
 :class:`TorchEstimatorMixin` turns an estimator's own hyper-parameters into a
 configured :class:`skorch.NeuralNet` (device, optimiser, epochs, internal
-validation split, early stopping, checkpoints, mixed precision, seeding,
+validation split, early stopping, mixed precision, seeding,
 progress output), runs batched inference, and saves/loads fitted models as
 safetensors + JSON (never pickle).
 
-Subclasses provide ``__init__`` (parameters only, as scikit-learn requires) and
-call :meth:`_make_net`, :meth:`_fit_net` and :meth:`_infer`. They read the
-common hyper-parameters by name; any they do not declare fall back to
-``_NET_DEFAULTS``.
+Subclasses provide ``__init__`` (parameters only, as scikit-learn requires),
+declare their parameters as ``{**TorchEstimatorMixin._parameter_constraints,
+...}``, call ``self._validate_params()`` at the top of ``fit`` and then
+:meth:`_make_net`, :meth:`_fit_net` and :meth:`_infer`.
+
+Shared training parameters
+--------------------------
+optimizer : {"adam", "sgd", "lbfgs"}
+    Adam (AdamW when ``weight_decay > 0``), SGD with momentum 0.9, or full-batch
+    L-BFGS with a strong-Wolfe line search.
+lr : float
+    Learning rate (> 0).
+weight_decay : float
+    L2 penalty (>= 0).
+batch_size : int
+    Mini-batch size (>= 1).
+max_epochs : int
+    Maximum training epochs (>= 1).
+validation_fraction : float in [0, 1)
+    Internal validation split; ``0`` trains on every row without one.
+patience : int
+    Epochs without a better validation loss before stopping, best weights
+    restored; ``0`` disables early stopping.
+device : str or torch.device
+    ``"auto"`` uses a GPU when present (CUDA, then MPS), else the CPU.
+precision : {"auto", "32", "64", "bf16", "fp16", ...}
+    ``"auto"``: bf16 autocast on GPUs that support it, else full precision.
+random_state : int, RandomState or None
+    Seed of initialisation, shuffling and the validation split.
+verbose : int
+    ``1`` prints skorch's epoch table, ``2`` adds a progress bar.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 from collections.abc import Callable, Sequence
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import skorch
 import torch
-from skorch.callbacks import Checkpoint, EarlyStopping, ProgressBar
+from sklearn.utils._param_validation import Interval, StrOptions
+from skorch.callbacks import EarlyStopping, ProgressBar
 from skorch.dataset import ValidSplit
 
 import fracsurv
+from fracsurv._base import derive_seed
+from fracsurv._serial import (
+    from_json,
+    import_allowed_class,
+    params_json,
+    read_arrays,
+    to_json,
+    write_arrays,
+)
 
-__all__ = ["TorchEstimatorMixin", "load_model", "resolve_device"]
+__all__ = ["IMAGE_INFERENCE_SCALE", "PRECISIONS", "TABULAR_INFERENCE_SCALE", "TorchEstimatorMixin", "load_model", "resolve_device"]
 
-_NET_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adam",
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "batch_size": 64,
-    "max_epochs": 50,
-    "validation_fraction": 0.15,
-    "patience": 10,
-    "device": "auto",
-    "precision": "auto",
-    "random_state": None,
-    "verbose": 0,
-    "checkpoint_dir": None,
-}
+#: Inference batches are this many training batches: no gradients or optimiser state
+#: are kept, so a batch of cheap tabular rows can be much larger ...
+TABULAR_INFERENCE_SCALE = 16
+#: ... than a batch of images, whose activations dominate memory.
+IMAGE_INFERENCE_SCALE = 2
 
-_SAFE_MODULE_PREFIX = "fracsurv."
+PRECISIONS = ("auto", "32", "64", "float32", "float64", "bf16", "bfloat16", "16", "fp16",
+              "float16")
+
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,35 +127,27 @@ class _Net(skorch.NeuralNet):
         return super().get_loss(y_pred, y_true, X=X, training=training)
 
 
-def _jsonable(value: Any) -> Any:
-    """JSON-able copy of fitted metadata (tuples become lists)."""
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(f"parameter value of type {type(value).__name__} cannot be saved as JSON")
-
-
-def _params_json(params: dict[str, Any]) -> dict[str, Any]:
-    """Constructor parameters in the tuple-tagged JSON form of :mod:`fracsurv.persist`,
-    so that loading gives back exactly the parameters that were saved."""
-    from fracsurv.persist import _json_value
-
-    encoded = {}
-    for name, value in params.items():
-        ok, encoded[name] = _json_value(value)
-        if not ok:
-            raise TypeError(f"parameter {name!r} of type {type(value).__name__} cannot be "
-                            "saved as JSON")
-    return encoded
-
-
 class TorchEstimatorMixin:
-    """Shared machinery for fracsurv's torch estimators (see module docstring)."""
+    """Shared machinery for fracsurv's torch estimators (see module docstring).
+
+    ``_parameter_constraints`` declares the shared training parameters once;
+    each estimator extends it with ``{**TorchEstimatorMixin._parameter_constraints,
+    ...}`` (keeping only the keys it has, when it lacks some).
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "optimizer": [StrOptions({"adam", "sgd", "lbfgs"})],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "patience": [Interval(Integral, 0, None, closed="left")],
+        "device": [str, torch.device],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()  # type: ignore[misc]
@@ -133,25 +155,32 @@ class TorchEstimatorMixin:
         return tags
 
     # -- configuration -------------------------------------------------
-    def _hp(self, name: str) -> Any:
-        return getattr(self, name, _NET_DEFAULTS[name])
+    def _training_settings(self) -> dict[str, Any]:
+        """The shared training settings :meth:`_make_net` reads, from the parameters.
+
+        An estimator that fixes some of them instead of exposing them as
+        parameters overrides this method (as :class:`DiffXGenerator` does).
+        """
+        names = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs",
+                 "validation_fraction", "patience")
+        return {name: getattr(self, name) for name in names}
 
     def _device(self) -> torch.device:
-        return resolve_device(self._hp("device"))
+        return resolve_device(self.device)
 
     def _amp_dtype(self) -> torch.dtype | None:
-        return _autocast_dtype(str(self._hp("precision")), self._device())
+        return _autocast_dtype(str(self.precision), self._device())
 
     def _seed(self) -> None:
         """Seed torch's global RNG (module init, dropout, shuffling) from random_state."""
-        rs = self._hp("random_state")
+        rs = self.random_state
         if rs is not None:
-            torch.manual_seed(int(np.random.RandomState(rs).randint(0, 2**31 - 1))
-                              if not isinstance(rs, int) else rs)
+            torch.manual_seed(rs if isinstance(rs, int) else derive_seed(rs))
 
-    def _optimizer_spec(self) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-        name = str(self._hp("optimizer")).lower()
-        wd = float(self._hp("weight_decay"))
+    def _optimizer_spec(self, settings: dict[str, Any]
+                        ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+        name = str(settings["optimizer"]).lower()
+        wd = float(settings["weight_decay"])
         if name == "adam":
             return torch.optim.AdamW if wd else torch.optim.Adam, {"weight_decay": wd}
         if name == "sgd":
@@ -174,6 +203,7 @@ class TorchEstimatorMixin:
         callbacks: Sequence[Any] = (),
         dataset_kwargs: dict[str, Any] | None = None,
         iterator_kwargs: dict[str, Any] | None = None,
+        early_stopping: bool = True,
     ) -> _Net:
         """Build the skorch net from the estimator's hyper-parameters.
 
@@ -190,30 +220,33 @@ class TorchEstimatorMixin:
             of the whole validation split, not a mean of mini-batch losses).
         callbacks : sequence
             Extra skorch callbacks.
+        dataset_kwargs, iterator_kwargs : dict, optional
+            Passed to skorch's dataset and to both data loaders.
+        early_stopping : bool, default=True
+            Stop on the validation loss after ``patience`` epochs; ``False`` for an
+            estimator that stops on another metric through its own callback.
         """
-        opt_cls, opt_kwargs = self._optimizer_spec()
+        hp = self._training_settings()
+        opt_cls, opt_kwargs = self._optimizer_spec(hp)
         full_batch = full_batch or opt_cls is torch.optim.LBFGS
-        frac = self._hp("validation_fraction")
+        frac = hp["validation_fraction"]
         use_valid = bool(frac) and not full_batch
+        verbose = int(self.verbose)
         cbs: list[tuple[str, Any]] = []
-        if use_valid and self._hp("patience"):
+        if use_valid and early_stopping and hp["patience"]:
             cbs.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=int(self._hp("patience")), load_best=True)))
-        if self._hp("checkpoint_dir"):
-            cbs.append(("checkpoint", Checkpoint(
-                dirname=str(self._hp("checkpoint_dir")),
-                monitor="valid_loss_best" if use_valid else "train_loss_best")))
-        if int(self._hp("verbose")) >= 2:
+                monitor="valid_loss", patience=int(hp["patience"]), load_best=True)))
+        if verbose >= 2:
             cbs.append(("progress_bar", ProgressBar()))
         cbs.extend((f"extra_{i}", cb) for i, cb in enumerate(callbacks))
-        batch_size = -1 if full_batch else int(self._hp("batch_size"))
-        rs = self._hp("random_state")
+        batch_size = -1 if full_batch else int(hp["batch_size"])
+        rs = self.random_state
         kwargs: dict[str, Any] = {
             "module": module,
             "criterion": criterion,
             "optimizer": opt_cls,
-            "lr": float(self._hp("lr")),
-            "max_epochs": int(self._hp("max_epochs")),
+            "lr": float(hp["lr"]),
+            "max_epochs": int(hp["max_epochs"]),
             "batch_size": batch_size,
             "train_split": ValidSplit(float(frac), stratified=False,
                                       random_state=rs if isinstance(rs, int) else None)
@@ -224,7 +257,7 @@ class TorchEstimatorMixin:
             "iterator_valid__batch_size": valid_batch_size or batch_size,
             "callbacks": cbs,
             "device": str(self._device()),
-            "verbose": int(self._hp("verbose")),
+            "verbose": verbose,
             "amp_dtype": self._amp_dtype(),
             **{f"optimizer__{k}": v for k, v in opt_kwargs.items()},
             **{f"dataset__{k}": v for k, v in (dataset_kwargs or {}).items()},
@@ -260,10 +293,30 @@ class TorchEstimatorMixin:
         ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             for batch in batches() if callable(batches) else batches:
-                batch = batch.to(device) if isinstance(batch, torch.Tensor) else batch
+                if isinstance(batch, torch.Tensor):
+                    batch = batch.to(device)
+                elif isinstance(batch, dict):
+                    batch = {k: v.to(device) for k, v in batch.items()}
                 out = forward(module, batch) if forward is not None else module(batch)
                 outs.append(out.float().cpu())
         return torch.cat(outs).numpy() if outs else np.empty((0,), dtype=np.float32)
+
+    def _predict_batches(self, n: int, make_batch: Callable[[range], Any], *, scale: int,
+                         forward: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
+                         ) -> np.ndarray:
+        """:meth:`_infer` over rows ``0..n-1`` in batches of ``scale * batch_size``.
+
+        ``make_batch(rows)`` builds the input of one batch (a tensor, or a dict of
+        tensors moved to the device together); ``scale`` is
+        :data:`TABULAR_INFERENCE_SCALE` or :data:`IMAGE_INFERENCE_SCALE`.
+        """
+        bs = max(1, int(self.batch_size)) * scale
+
+        def batches() -> Any:
+            for i in range(0, n, bs):
+                yield make_batch(range(i, min(i + bs, n)))
+
+        return self._infer(batches, forward=forward)
 
     # -- safe persistence ----------------------------------------------
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -280,8 +333,6 @@ class TorchEstimatorMixin:
         No pickle is involved, so a saved model is safe to share; load it with
         :func:`fracsurv.nn.base.load_model` or ``type(self).load(path)``.
         """
-        from safetensors.numpy import save_file
-
         if not hasattr(self, "module_"):
             raise ValueError(f"{type(self).__name__} is not fitted; nothing to save")
         path = Path(path)
@@ -290,12 +341,12 @@ class TorchEstimatorMixin:
         tensors = {f"module.{k}": v.detach().cpu().numpy()
                    for k, v in self.module_.state_dict().items()}
         tensors.update({f"extra.{k}": np.ascontiguousarray(v) for k, v in arrays.items()})
-        save_file(tensors, str(path / "weights.safetensors"))
+        write_arrays(tensors, path / "weights.safetensors")
         config = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "fracsurv_version": fracsurv.__version__,
-            "params": _params_json(self.get_params(deep=False)),  # type: ignore[attr-defined]
-            "meta": _jsonable(meta),
+            "params": params_json(self.get_params(deep=False)),  # type: ignore[attr-defined]
+            "meta": to_json(meta),
         }
         (path / "config.json").write_text(json.dumps(config, indent=2))
         return path
@@ -314,20 +365,11 @@ def load_model(path: str | Path) -> Any:
 
     Only classes defined inside the ``fracsurv`` package are instantiated.
     """
-    from safetensors.numpy import load_file
-
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    qualname: str = config["class"]
-    mod_name, _, cls_name = qualname.rpartition(".")
-    if not mod_name.startswith(_SAFE_MODULE_PREFIX):
-        raise ValueError(f"refusing to load class {qualname!r}: not a fracsurv estimator")
-    cls = getattr(importlib.import_module(mod_name), cls_name)
-    from fracsurv.persist import _from_json
-
-    params = _from_json(config["params"])
-    est = cls(**params)
-    tensors = load_file(str(path / "weights.safetensors"))
+    cls = import_allowed_class(config["class"], ("fracsurv",))
+    est = cls(**from_json(config["params"]))
+    tensors = read_arrays(path / "weights.safetensors")
     arrays = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     est._restore(config["meta"], arrays)
     state = {k[len("module."):]: torch.from_numpy(v.copy())
@@ -335,3 +377,18 @@ def load_model(path: str | Path) -> Any:
     est.module_.load_state_dict(state)
     est.module_.eval()
     return est
+
+
+def check_input_shape(shape: Any, name: str = "input_shape", minimum: int = 8) -> tuple[int, int]:
+    """``(H, W)`` as ints, both at least ``minimum``; a ``ValueError`` naming ``name`` otherwise.
+
+    The length and size of a shape tuple are beyond what a parameter constraint
+    can declare, so the estimators that take one share this check.
+    """
+    try:
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 2 or min(out) < minimum:
+        raise ValueError(f"{name} must be (H, W) with both >= {minimum}, got {shape!r}")
+    return out  # type: ignore[return-value]

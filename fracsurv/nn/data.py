@@ -1,4 +1,4 @@
-"""Torch datasets that stream images by reference (DESIGN.md section 3).
+"""Torch datasets that stream images by reference.
 
 Every image model (keypoints, pVF scoring, fusion survival) reads its batches
 through :class:`ImageDataset`, so no model holds a cohort's images in memory.
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from fracsurv.io.refs import iter_cell, load_image
 
-__all__ = ["ImageDataset", "flatten_cells", "to_chw"]
+__all__ = ["ImageDataset", "flatten_cells", "load_row_image", "to_chw"]
 
 
 def flatten_cells(cells: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
@@ -37,6 +37,27 @@ def flatten_cells(cells: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
             items.append(item)
             owner.append(pos)
     return items, np.asarray(owner, dtype=np.int64)
+
+
+def load_row_image(item: Any, row: str) -> np.ndarray:
+    """:func:`~fracsurv.io.refs.load_image`, its errors re-raised naming the frame row.
+
+    Parameters
+    ----------
+    item : array or reference
+        The image.
+    row : str
+        Where it came from, e.g. ``row_label(X, pos)``.
+
+    Raises
+    ------
+    ValueError
+        ``cannot read the image of <row>: ...``, chained to the original error.
+    """
+    try:
+        return load_image(item)
+    except Exception as exc:  # re-raised with the row, never the file's identifiers
+        raise ValueError(f"cannot read the image of {row}: {exc}") from exc
 
 
 def to_chw(image: np.ndarray | torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -71,6 +92,9 @@ class ImageDataset(Dataset):
         Applied to the ``(C, H, W)`` tensor (augmentation; training only).
     shape : (int, int), optional
         Resize every image to this size.
+    rows : sequence of str, optional
+        The frame row of each sample, named by load errors
+        (:func:`load_row_image`).
     """
 
     def __init__(
@@ -80,8 +104,10 @@ class ImageDataset(Dataset):
         tabular: np.ndarray | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         shape: tuple[int, int] | None = None,
+        rows: Sequence[str] | None = None,
     ) -> None:
         self.items = list(items)
+        self.rows = None if rows is None else list(rows)
         self.y = None if y is None else np.asarray(y)
         self.tabular = None if tabular is None else np.asarray(tabular, dtype=np.float32)
         self.transform = transform
@@ -96,7 +122,9 @@ class ImageDataset(Dataset):
 
     def load(self, idx: int) -> torch.Tensor:
         """The ``(C, H, W)`` tensor of sample ``idx`` (no augmentation)."""
-        return to_chw(load_image(self.items[idx]), self.shape)
+        item = self.items[idx]
+        image = load_image(item) if self.rows is None else load_row_image(item, self.rows[idx])
+        return to_chw(image, self.shape)
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         x = self.load(idx)

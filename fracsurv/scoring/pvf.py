@@ -10,7 +10,8 @@ images.
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,74 +19,21 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
-from fracsurv._base import row_label
+from fracsurv._base import appended_feature_names, derive_seed, renamed_param, row_label
+from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
-from fracsurv.nn.backbones import default_cam_layer, make_backbone
-from fracsurv.nn.base import TorchEstimatorMixin
+from fracsurv.nn.backbones import BACKBONES, default_cam_layer
+from fracsurv.nn.base import IMAGE_INFERENCE_SCALE, TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
-from fracsurv.nn.pooling import crops_present, pool_crops
+from fracsurv.scoring._nets import PVFClassifier, WeightedBCE
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
+from fracsurv.scoring.calibration import fit_isotonic, fit_temperature, sigmoid
 from fracsurv.scoring.gradcam import grad_cam_maps
 
 __all__ = ["PVFScorer"]
-
-_CALIBRATIONS = (None, "temperature", "isotonic")
-
-
-class _Classifier(nn.Module):
-    """Backbone + linear head giving one logit per input.
-
-    ``shared_crops=True`` treats the channels as separate vertebra crops: one
-    single-channel encoder scores every non-empty crop and the stack's logit is
-    the maximum (any fractured vertebra makes a fractured spine).
-    """
-
-    def __init__(self, backbone: str, in_channels: int, shape: tuple[int, int],
-                 shared_crops: bool = False) -> None:
-        super().__init__()
-        self.shared_crops = shared_crops
-        self.backbone, n = make_backbone(backbone, 1 if shared_crops else in_channels, shape)
-        self.head = nn.Linear(n, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shared_crops:
-            return self.head(self.backbone(x))
-        b, c, h, w = x.shape
-        logits = self.head(self.backbone(x.reshape(b * c, 1, h, w))).reshape(b, c)
-        return pool_crops(logits, crops_present(x), "max", empty=-30.0)[:, None]
-
-
-class _BCE(nn.Module):
-    """BCE-with-logits on (B, 1) logits and (B,) labels, with a positive-class weight."""
-
-    def __init__(self, pos_weight: float = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("pos_weight", torch.tensor([float(pos_weight)]))
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits.reshape(-1).float(), y.reshape(-1).float(), pos_weight=self.pos_weight)
-
-
-class _RowImages(ImageDataset):
-    """:class:`ImageDataset` whose load errors name the frame row the image came from."""
-
-    def __init__(self, items: list[Any], rows: list[str], **kwargs: Any) -> None:
-        super().__init__(items, **kwargs)
-        self.rows = rows
-
-    def load(self, idx: int) -> torch.Tensor:
-        try:
-            return super().load(idx)
-        except Exception as exc:  # re-raised with the row, never the file's identifiers
-            raise ValueError(f"cannot read the image of {self.rows[idx]}: {exc}") from exc
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
 class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
@@ -103,10 +51,11 @@ class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEsti
         A MONAI network from :data:`fracsurv.nn.backbones.BACKBONES`, trained from
         scratch (``"resnet10-tiny"`` or ``"resnet10"`` for CPUs).
     image_column : str, default="image"
-        Images, references, or lists of them. With ``input="crops"`` use the
-        crop-stack column (``(N, h, w)`` arrays).
-    input : {"image", "crops"}
-        Single-channel radiographs or N-channel vertebra crop stacks.
+        Images, references, or lists of them. With ``image_input="crops"`` use
+        the crop-stack column (``(N, h, w)`` arrays).
+    image_input : {"image", "crops"}, default="image"
+        Single-channel radiographs or N-channel vertebra crop stacks (the name
+        :class:`~fracsurv.survival.FusionSurvival` uses).
     label_column : str, default="prevalent_vf"
         0/1 supervision read from X, so the scorer can be fitted inside a survival
         Pipeline (a structured survival ``y`` is ignored); a 0/1 ``y`` passed to
@@ -129,7 +78,7 @@ class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEsti
         or scikit-learn's isotonic regression of the probabilities.
     calibration_fraction : float, default=0.2
     crop_encoder : {"channels", "shared"}, default="channels"
-        For ``input="crops"``: the crops stacked as the channels of one CNN input
+        For ``image_input="crops"``: the crops stacked as the channels of one CNN input
         (the multimodal study), or one encoder shared by all crops with a max over
         crops.
     cam_layer : str, optional
@@ -137,8 +86,8 @@ class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEsti
         convolutional block.
     optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
 patience, device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.base.TorchEstimatorMixin` (early stopping on
-        the internal validation split when ``validation_fraction > 0``).
+        The shared training parameters, documented once in :mod:`fracsurv.nn.base`
+        (early stopping on the internal validation split when ``validation_fraction > 0``).
 
     Attributes
     ----------
@@ -150,11 +99,35 @@ patience, device, precision, random_state, verbose
     isotonic_ : (ndarray, ndarray) or None
         Isotonic map as (thresholds in, thresholds out).
     module_, net_ : the trained torch module and skorch net.
+
+    Notes
+    -----
+    ``input`` (which shadowed a builtin) is the deprecated name of
+    ``image_input``: passing it warns with a ``FutureWarning`` and takes
+    precedence, until it is removed.
     """
 
-    def __init__(self, backbone: str = "efficientnet-b4", image_column: str = "image",
-                 input: str = "image", label_column: str = "prevalent_vf",
-                 output_column: str = "pvf", input_shape: tuple[int, int] = (1024, 512),
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **TorchEstimatorMixin._parameter_constraints,
+        "backbone": [StrOptions(set(BACKBONES))],
+        "image_column": [str],
+        "image_input": [StrOptions({"image", "crops"})],
+        "input": [StrOptions({"image", "crops"}), Hidden(StrOptions({"deprecated"}))],
+        "label_column": [str],
+        "output_column": [str],
+        "input_shape": [tuple, list],
+        "n_seeds": [Interval(Integral, 1, None, closed="left"), None],
+        "class_weight": [StrOptions({"balanced"}), None],
+        "augment": ["boolean"],
+        "calibration": [StrOptions({"temperature", "isotonic"}), None],
+        "calibration_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "crop_encoder": [StrOptions({"channels", "shared"})],
+        "cam_layer": [str, None],
+    }
+
+    def __init__(self, backbone: str = "efficientnet-b4", *, image_column: str = "image",
+                 image_input: str = "image", label_column: str = "prevalent_vf",
+                 output_column: str = "pvf", input_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE,
                  n_seeds: int | None = None, class_weight: str | None = "balanced",
                  augment: bool = True, calibration: str | None = None,
                  calibration_fraction: float = 0.2, crop_encoder: str = "channels",
@@ -162,10 +135,10 @@ patience, device, precision, random_state, verbose
                  weight_decay: float = 1e-4, batch_size: int = 16, max_epochs: int = 30,
                  validation_fraction: float = 0.15, patience: int = 6, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, input: str = "deprecated") -> None:
         self.backbone = backbone
         self.image_column = image_column
-        self.input = input
+        self.image_input = image_input
         self.label_column = label_column
         self.output_column = output_column
         self.input_shape = input_shape
@@ -187,6 +160,7 @@ patience, device, precision, random_state, verbose
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.input = input
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -195,19 +169,9 @@ patience, device, precision, random_state, verbose
         return tags
 
     # -- validation ------------------------------------------------------
-    def _check_params(self) -> None:
-        if self.input not in ("image", "crops"):
-            raise ValueError(f"input must be 'image' or 'crops', got {self.input!r}")
-        if self.crop_encoder not in ("shared", "channels"):
-            raise ValueError(f"crop_encoder must be 'shared' or 'channels', got {self.crop_encoder!r}")
-        if self.calibration not in _CALIBRATIONS:
-            raise ValueError(f"calibration must be None, 'temperature' or 'isotonic', "
-                             f"got {self.calibration!r}")
-        if self.class_weight not in (None, "balanced"):
-            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
-        shape = tuple(self.input_shape)
-        if len(shape) != 2 or min(int(s) for s in shape) < 8:
-            raise ValueError(f"input_shape must be (H, W) with both >= 8, got {self.input_shape!r}")
+    def _image_input(self, warn: bool = False) -> str:
+        """``image_input``, or the deprecated ``input`` when that was given."""
+        return renamed_param(self, "image_input", "input", warn=warn)
 
     def _labels(self, X: pd.DataFrame, y: Any) -> np.ndarray:
         """0/1 labels from a plain ``y`` or, otherwise (None or structured y), ``label_column``."""
@@ -258,9 +222,9 @@ patience, device, precision, random_state, verbose
         return items, where
 
     def _dataset(self, X: pd.DataFrame, items: list[Any], where: list[tuple[int, int]],
-                 **kwargs: Any) -> _RowImages:
+                 **kwargs: Any) -> ImageDataset:
         rows = [row_label(X, p) for p, _ in where]
-        return _RowImages(items, rows, shape=tuple(int(s) for s in self.input_shape), **kwargs)
+        return ImageDataset(items, rows=rows, shape=tuple(int(s) for s in self.input_shape), **kwargs)
 
     def _augmenter(self):
         if not self.augment:
@@ -275,8 +239,7 @@ patience, device, precision, random_state, verbose
             RandGaussianNoise(prob=0.3, std=0.02),
         ])
         rs = self.random_state
-        aug.set_random_state(seed=int(np.random.RandomState(rs).randint(0, 2**31 - 1))
-                             if rs is not None else None)
+        aug.set_random_state(seed=derive_seed(rs) if rs is not None else None)
         return aug
 
     # -- fitting ---------------------------------------------------------
@@ -295,7 +258,9 @@ patience, device, precision, random_state, verbose
         -------
         self
         """
-        self._check_params()
+        self._validate_params()
+        self._image_input(warn=True)
+        check_input_shape(self.input_shape)
         self._check_frame(X)
         labels = self._labels(X, y)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -313,7 +278,7 @@ patience, device, precision, random_state, verbose
         n_pos = float(y_img.sum())
         pos_weight = (len(y_img) - n_pos) / max(n_pos, 1.0) if self.class_weight else 1.0
         self._seed()
-        net = self._make_net(self._module(), _BCE(pos_weight), n_train=len(items))
+        net = self._make_net(self._module(), WeightedBCE(pos_weight), n_train=len(items))
         ds = self._dataset(X_train, items, where, y=y_img, transform=self._augmenter())
         self._fit_net(net, ds)
         self.temperature_ = 1.0
@@ -326,43 +291,22 @@ patience, device, precision, random_state, verbose
         return self
 
     def _calibrate(self, logits: np.ndarray, labels: np.ndarray) -> None:
-        """Fit the temperature (L-BFGS on the log-temperature) or the isotonic map."""
+        """Fit the temperature or the isotonic map (:mod:`fracsurv.scoring.calibration`)."""
         if self.calibration == "temperature":
-            log_t = torch.zeros(1, requires_grad=True)
-            z = torch.as_tensor(logits, dtype=torch.float64)
-            yy = torch.as_tensor(labels, dtype=torch.float64)
-            opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
-
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                loss = nn.functional.binary_cross_entropy_with_logits(z / log_t.exp(), yy)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-            self.temperature_ = float(log_t.detach().exp())
+            self.temperature_ = fit_temperature(logits, labels)
         else:
-            from sklearn.isotonic import IsotonicRegression
-
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-            iso.fit(_sigmoid(logits), labels)
-            self.isotonic_ = (np.asarray(iso.X_thresholds_, float),
-                              np.asarray(iso.y_thresholds_, float))
+            self.isotonic_ = fit_isotonic(logits, labels)
 
     # -- inference -------------------------------------------------------
     def _image_logits(self, X: pd.DataFrame, items: list[Any],
                       where: list[tuple[int, int]]) -> np.ndarray:
         ds = self._dataset(X, items, where)
-        bs = max(1, int(self.batch_size)) * 2
-
-        def batches():
-            for i in range(0, len(ds), bs):
-                yield torch.stack([ds.load(j) for j in range(i, min(i + bs, len(ds)))])
-
-        return self._infer(batches).reshape(-1).astype(np.float64)
+        logits = self._predict_batches(len(ds), lambda rows: torch.stack([ds.load(j) for j in rows]),
+                                       scale=IMAGE_INFERENCE_SCALE)
+        return logits.reshape(-1).astype(np.float64)
 
     def _prob(self, logits: np.ndarray) -> np.ndarray:
-        p = _sigmoid(logits / self.temperature_)
+        p = sigmoid(logits / self.temperature_)
         if self.isotonic_ is not None:
             p = np.interp(p, *self.isotonic_)
         return p
@@ -433,9 +377,8 @@ patience, device, precision, random_state, verbose
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus the score and its spread."""
         check_is_fitted(self, "module_")
-        extra = [self.output_column, f"{self.output_column}_sd"]
         names = self.feature_names_in_ if input_features is None else input_features
-        return np.asarray([*[c for c in names if c not in extra], *extra], dtype=object)
+        return appended_feature_names(names, [self.output_column, f"{self.output_column}_sd"])
 
     # -- explanation -----------------------------------------------------
     def default_cam_layer(self) -> str:
@@ -486,8 +429,7 @@ patience, device, precision, random_state, verbose
         self.isotonic_ = (arrays["iso_x"], arrays["iso_y"]) if "iso_x" in arrays else None
         self.module_ = self._module()
 
-    def _module(self) -> _Classifier:
-        self._check_params()
-        shared = self.input == "crops" and self.crop_encoder == "shared"
-        return _Classifier(self.backbone, self.n_channels_,
+    def _module(self) -> PVFClassifier:
+        shared = self._image_input() == "crops" and self.crop_encoder == "shared"
+        return PVFClassifier(self.backbone, self.n_channels_,
                            tuple(int(s) for s in self.input_shape), shared)

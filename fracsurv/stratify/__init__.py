@@ -3,15 +3,15 @@
 * :mod:`~fracsurv.stratify.grouper` -- :class:`RiskGrouper` (LL / LH / HIGH);
 * :mod:`~fracsurv.stratify.cutpoint` -- maximally selected log-rank cut-points;
 * :mod:`~fracsurv.stratify.analysis` -- tidy tables: Cox HRs, log-rank, td-AUC,
-  DeLong, agreement, clinical decision table;
+  DeLong, clinical decision table;
+* :mod:`~fracsurv.stratify.agreement` -- agreement of paired scores (Bland-Altman);
 * :mod:`~fracsurv.stratify.delong` -- DeLong's test;
 * :mod:`~fracsurv.stratify.plots` -- Kaplan-Meier, td-AUC and Bland-Altman figures.
 """
 
+from fracsurv.stratify.agreement import agreement, agreement_table
 from fracsurv.stratify.analysis import (
     CoxTables,
-    agreement,
-    agreement_table,
     cox_table,
     decision_table,
     delong_table,

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from fracsurv._base import row_label, survival_arrays
+from fracsurv.stratify.agreement import agreement, agreement_table  # re-exported
 from fracsurv.stratify.delong import delong_test, horizon_labels
+from fracsurv.stratify.grouper import HIGH_RISK_GROUPS
 
 __all__ = [
     "CoxTables",
@@ -59,10 +60,6 @@ class CoxTables:
     hr: pd.DataFrame
     models: pd.DataFrame
     comparisons: pd.DataFrame
-
-    def __iter__(self):
-        """``display, models = cox_table(...)``: the Table 4 layout and the model table."""
-        return iter((format_cox_table(self), self.models))
 
 
 def _normalise_terms(terms: Terms) -> dict[str, dict[str, str]]:
@@ -373,46 +370,6 @@ def delong_table(y: np.ndarray, horizons: float | Sequence[float],
     return pd.DataFrame(rows)
 
 
-# -- agreement -----------------------------------------------------------------------------
-def agreement(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
-    """Pearson r with its Fisher-z CI, and Bland-Altman statistics of ``a - b``.
-
-    Parameters
-    ----------
-    a, b : array-like of shape (n,)
-        Paired scores, e.g. generated vs real follow-up pVF (n >= 3, no NaN).
-    confidence : float
-        Level of the correlation interval (scipy's Fisher-z interval).
-
-    Returns
-    -------
-    dict
-        ``n``, ``r``, ``r_low``, ``r_high``, ``p``, ``mean_difference``,
-        ``sd_difference`` (ddof=1), ``loa_low`` / ``loa_high`` (mean ± 1.96 SD).
-    """
-    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"the two scores have different lengths ({len(a)} and {len(b)})")
-    bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
-    if bad.size:
-        raise ValueError(f"agreement: row {bad[0]} has a missing score")
-    if len(a) < 3:
-        raise ValueError("agreement needs at least 3 pairs")
-    res = stats.pearsonr(a, b)
-    ci = res.confidence_interval(confidence)
-    d = a - b
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    return {"n": len(a), "r": float(res.statistic), "r_low": float(ci.low),
-            "r_high": float(ci.high), "p": float(res.pvalue), "mean_difference": mean,
-            "sd_difference": sd, "loa_low": mean - 1.96 * sd, "loa_high": mean + 1.96 * sd}
-
-
-def agreement_table(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """:func:`agreement` for several named pairs, one row each."""
-    return pd.DataFrame.from_dict({name: agreement(a, b) for name, (a, b) in pairs.items()},
-                                  orient="index")
-
-
 # -- clinical decision table ---------------------------------------------------------------
 def _high_risk_mask(high_risk: Any, n: int) -> np.ndarray:
     arr = high_risk.to_numpy() if isinstance(high_risk, pd.Series) else np.asarray(high_risk)
@@ -420,7 +377,7 @@ def _high_risk_mask(high_risk: Any, n: int) -> np.ndarray:
         raise ValueError(f"high_risk has {arr.shape[0]} values but y has {n} rows")
     if arr.dtype.kind in "biuf":
         return arr.astype(bool)
-    return pd.Series(arr).astype(str).isin(["LH", "HIGH"]).to_numpy()
+    return pd.Series(arr).astype(str).isin(HIGH_RISK_GROUPS).to_numpy()
 
 
 def decision_table(y: np.ndarray, horizon: float, clinical_score: np.ndarray, threshold: float,

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
-from fracsurv._base import check_survival_y, row_label, survival_arrays
+from fracsurv._base import appended_feature_names, check_survival_y, row_label, survival_arrays
 from fracsurv.stratify.cutpoint import maxstat_cutpoint
 
-__all__ = ["ADDED_COLUMNS", "GROUPS", "RiskGrouper"]
+__all__ = ["ADDED_COLUMNS", "GROUPS", "HIGH_RISK_GROUPS", "RiskGrouper"]
 
 GROUPS = ("LL", "LH", "HIGH")
+#: The groups a decision table counts as high risk: all but the low-low reference.
+HIGH_RISK_GROUPS = GROUPS[1:]
 ADDED_COLUMNS = ("risk_group", "risk_LH", "risk_HIGH")
 
 
@@ -68,7 +72,17 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
     ``risk_group`` column holds the codes 0 (LL), 1 (LH), 2 (HIGH).
     """
 
-    def __init__(self, baseline_column: str | int = "pvf", future_column: str | int = "gpvf",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "baseline_column": [str, Integral],
+        "future_column": [str, Integral],
+        "thresholds": [tuple, list, StrOptions({"optimal"})],
+        "min_group_fraction": [Interval(Real, 0, 0.5, closed="neither")],
+        "p_value": [StrOptions({"lausen-schumacher", "permutation"})],
+        "n_permutations": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, baseline_column: str | int = "pvf", *, future_column: str | int = "gpvf",
                  thresholds: Any = (0.5, 0.6), min_group_fraction: float = 0.1,
                  p_value: str = "lausen-schumacher", n_permutations: int = 1000,
                  random_state: int | None = None) -> None:
@@ -131,11 +145,10 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        self._validate_params()
         X = self._validate(X, reset=True)
         base, fut = self._scores(X)
         if isinstance(self.thresholds, str):
-            if self.thresholds != "optimal":
-                raise ValueError(f"thresholds must be a pair or 'optimal', got {self.thresholds!r}")
             y = check_survival_y(y, len(base))
             event, time = survival_arrays(y)
             opts = {"min_group_fraction": self.min_group_fraction, "p_value": self.p_value,
@@ -204,6 +217,5 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns (less any old risk columns) plus ``risk_group``, ``risk_LH``, ``risk_HIGH``."""
         check_is_fitted(self, "thresholds_")
-        names = _check_feature_names_in(self, input_features)
-        kept = [c for c in names if c not in ADDED_COLUMNS]
-        return np.asarray([*kept, *ADDED_COLUMNS], dtype=object)
+        return appended_feature_names(_check_feature_names_in(self, input_features),
+                                      ADDED_COLUMNS)

@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fracsurv._base import survival_arrays
-from fracsurv.stratify.analysis import agreement, group_levels
+from fracsurv.stratify.agreement import agreement
+from fracsurv.stratify.analysis import group_levels
 
 __all__ = ["bland_altman_figure", "km_figure", "td_auc_figure"]
 

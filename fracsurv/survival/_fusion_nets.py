@@ -37,6 +37,7 @@ class _TabularBranch(nn.Module):
                  linear_skip: bool) -> None:
         super().__init__()
         self.trunk = make_mlp(n_tab, hidden, None, activation="relu", dropout=dropout)
+        self.hidden = tuple(hidden)
         self.n_features = int(hidden[-1]) if hidden else n_tab
         self.head = nn.Linear(self.n_features, 1, bias=False)
         self.skip = nn.Linear(n_tab, 1, bias=False) if linear_skip else None
@@ -139,7 +140,7 @@ class FusionNet(nn.Module):
     backbone, in_channels, shape : image branch (see :func:`make_backbone`).
     n_tab : int
         Clinical inputs (0 for ``image_only``).
-    tab_hidden : tuple of int
+    clinical_hidden_units : tuple of int
         Clinical trunk widths, the study's ``(64, 128)``.
     dropout : float
     alpha : float
@@ -167,7 +168,8 @@ class FusionNet(nn.Module):
     """
 
     def __init__(self, fusion: str, backbone: str, in_channels: int, shape: tuple[int, int],
-                 n_tab: int, tab_hidden: tuple[int, ...] = (64, 128), dropout: float = 0.1,
+                 n_tab: int, clinical_hidden_units: tuple[int, ...] = (64, 128),
+                 dropout: float = 0.1,
                  alpha: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
                  aux_per_crop: bool = False, shared_crops: bool = False,
                  crop_pool: str = "max", aux_risk: str = "only") -> None:
@@ -183,7 +185,7 @@ class FusionNet(nn.Module):
         if aux_per_crop and not shared_crops:
             raise ValueError("a per-crop auxiliary label needs the shared crop encoder")
         self.image = _ImageBranch(backbone, in_channels, shape, shared_crops, crop_pool)
-        self.tabular = (_TabularBranch(n_tab, tuple(tab_hidden), dropout, linear_skip)
+        self.tabular = (_TabularBranch(n_tab, tuple(clinical_hidden_units), dropout, linear_skip)
                         if fusion != "image_only" else None)
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.fuse: nn.Module | None = None
@@ -198,6 +200,48 @@ class FusionNet(nn.Module):
                 self.fuse.weight.fill_(1.0)
         self.aux_head = (_AuxHead(self.image.n_features, int(aux_levels), bool(aux_per_crop))
                          if aux_levels else None)
+
+    # -- closed-form parts, fitted by the estimator --------------------------------
+    def clinical_linear(self) -> nn.Linear | None:
+        """The clinical branch's linear term: the skip term, or the branch's risk head
+        when it has no hidden layers (None without either)."""
+        branch = self.tabular
+        if branch is None:
+            return None
+        if branch.skip is not None:
+            return branch.skip
+        return None if branch.hidden else branch.head
+
+    def set_clinical_linear(self, weight: torch.Tensor) -> None:
+        """Start the clinical risk as the linear Cox model ``x @ weight``.
+
+        The linear term takes ``weight``; the MLP's risk head (when it is another
+        layer) is zeroed, so an MLP only learns what the linear model misses.
+        """
+        linear = self.clinical_linear()
+        if linear is None or self.tabular is None:
+            raise ValueError("this network has no clinical linear term")
+        with torch.no_grad():
+            linear.weight.copy_(weight.reshape(1, -1).to(linear.weight))
+            if linear is not self.tabular.head:
+                self.tabular.head.weight.zero_()
+
+    def set_late_weights(self, weights: torch.Tensor) -> None:
+        """The late-fusion FC's weights ``[clinical, image]``."""
+        if self.fusion != "late" or not isinstance(self.fuse, nn.Linear):
+            raise ValueError(f"late weights exist for late fusion, not {self.fusion!r}")
+        with torch.no_grad():
+            self.fuse.weight.copy_(weights.reshape(1, 2).to(self.fuse.weight))
+
+    def late_weights(self) -> torch.Tensor:
+        """The late-fusion FC's weights ``[clinical, image]`` (float64, on the CPU)."""
+        if self.fusion != "late" or not isinstance(self.fuse, nn.Linear):
+            raise ValueError(f"late weights exist for late fusion, not {self.fusion!r}")
+        return self.fuse.weight.detach().cpu().double().reshape(-1)
+
+    def set_alpha(self, alpha: float) -> None:
+        """The alpha-model's clinical weight."""
+        self.alpha.fill_(float(alpha))
 
     # -- freezing --------------------------------------------------------------
     def freeze(self, parts: tuple[str, ...]) -> None:

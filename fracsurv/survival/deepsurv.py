@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from numbers import Real
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fracsurv._base import check_features, check_survival_y, survival_arrays
-from fracsurv.nn.base import TorchEstimatorMixin
-from fracsurv.nn.mlp import make_mlp
+from fracsurv.nn.base import TABULAR_INFERENCE_SCALE, TorchEstimatorMixin
+from fracsurv.nn.mlp import ACTIVATIONS, make_mlp
 from fracsurv.survival._mixin import BreslowSurvivalMixin
-from fracsurv.survival.loss import CoxLoss
+from fracsurv.survival.loss import CoxLoss, ridge_penalty
 
 __all__ = ["DeepSurvRegressor", "survival_target_tensor"]
 
@@ -46,22 +48,13 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         ``relu``, ``selu``, ``elu``, ``gelu``, ``tanh`` or ``leaky_relu``.
     ties : {"efron", "breslow"}, default="efron"
         Tie handling of the partial likelihood.
-    optimizer : {"adam", "sgd", "lbfgs"}, default="adam"
-        ``"lbfgs"`` trains full-batch with a strong-Wolfe line search.
-    lr : float, default=1e-3
-        Learning rate (L-BFGS: step scale, 1.0 is usual).
-    weight_decay : float, default=1e-4
-        L2 penalty (decoupled, AdamW, for Adam). For L-BFGS it is added to the
+    optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, patience
+        Shared training parameters (:mod:`fracsurv.nn.base`); defaults ``"adam"``,
+        ``1e-3``, ``1e-4``, ``256``, ``200``, ``0.15``, ``15``. Here the Cox loss of
+        each mini-batch uses the batch's risk sets; with ``optimizer="lbfgs"`` the
+        learning rate is the step scale (1.0 is usual), ``max_epochs`` counts outer
+        steps of up to 200 iterations each, and ``weight_decay`` is added to the
         loss as ``weight_decay / 2 * ||w||^2`` (a ridge Cox model).
-    batch_size : int, default=256
-        Mini-batch size (the Cox loss of each batch uses the batch's risk sets).
-    max_epochs : int, default=200
-        Maximum epochs (L-BFGS: outer steps of up to 200 iterations each).
-    validation_fraction : float, default=0.15
-        Internal validation split for early stopping; ``0`` disables it.
-    patience : int, default=15
-        Epochs without validation improvement before stopping; best weights
-        are restored.
     standardize : bool, default=True
         Centre and scale features with training statistics (coefficients are
         reported on the original scale by :attr:`coef_`).
@@ -69,14 +62,8 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         Add a linear Cox term to the network's output (log-hazard = x·β + MLP(x)).
         On small tabular cohorts this keeps DeepSurv at least as good as the
         linear model it generalises (see ``benchmarks/survival_real.py``).
-    device : str, default="auto"
-        ``"auto"`` uses a GPU when present.
-    precision : str, default="auto"
-        Mixed precision on GPU (``bf16``) or full precision.
-    random_state : int or None
-        Seed for initialisation, shuffling and the validation split.
-    verbose : int, default=0
-        ``1`` prints skorch's epoch table, ``2`` adds a progress bar.
+    device, precision, random_state, verbose
+        As in :mod:`fracsurv.nn.base` (defaults ``"auto"``, ``"auto"``, None, 0).
 
     Attributes
     ----------
@@ -90,9 +77,21 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         Times at which ``return_array=True`` survival functions are evaluated.
     """
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **TorchEstimatorMixin._parameter_constraints,
+        "hidden_units": ["array-like"],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "batch_norm": ["boolean"],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "ties": [StrOptions({"efron", "breslow"})],
+        "standardize": ["boolean"],
+        "linear_skip": ["boolean"],
+    }
+
     def __init__(
         self,
         hidden_units: Sequence[int] = (64, 128),
+        *,
         dropout: float = 0.1,
         batch_norm: bool = True,
         activation: str = "relu",
@@ -170,6 +169,7 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         -------
         self
         """
+        self._validate_params()
         check_features(X)
         X = validate_data(self, X, dtype=np.float64, reset=True, ensure_min_samples=2)
         y = check_survival_y(y, X.shape[0])
@@ -193,9 +193,9 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         return self
 
     def _raw_predict(self, Xs: np.ndarray) -> np.ndarray:
-        bs = max(1, int(self.batch_size)) * 16
-        batches = (torch.from_numpy(Xs[i:i + bs]) for i in range(0, len(Xs), bs))
-        return self._infer(batches).reshape(-1).astype(np.float64)
+        risk = self._predict_batches(len(Xs), lambda rows: torch.from_numpy(Xs[rows.start:rows.stop]),
+                                     scale=TABULAR_INFERENCE_SCALE)
+        return risk.reshape(-1).astype(np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted risk (log-hazard); higher means earlier events.
@@ -258,12 +258,11 @@ class _LinearSkip(torch.nn.Module):
 class _RidgeCox(torch.nn.Module):
     """Cox loss plus an L2 penalty on the weights (for full-batch L-BFGS)."""
 
-    def __init__(self, base: torch.nn.Module, module: torch.nn.Module, alpha: float) -> None:
+    def __init__(self, base: torch.nn.Module, module: torch.nn.Module, strength: float) -> None:
         super().__init__()
         self.base = base
-        self.alpha = alpha
+        self.strength = strength
         self._weights = [p for n, p in module.named_parameters() if n.endswith("weight")]
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        penalty = sum((w**2).sum() for w in self._weights)
-        return self.base(y_pred, y_true) + 0.5 * self.alpha * penalty
+        return self.base(y_pred, y_true) + ridge_penalty(self._weights, self.strength)

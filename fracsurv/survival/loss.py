@@ -8,12 +8,23 @@ scatter operations, so the cost is one sort plus O(n) vector work.
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["CoxLoss", "cox_nll", "fit_ridge_cox"]
+__all__ = ["CoxLoss", "cox_nll", "fit_ridge_cox", "ridge_penalty"]
+
+
+def ridge_penalty(weights: Iterable[Tensor], strength: float) -> Tensor:
+    """``strength / 2 * sum ||w||^2``: the one L2 scale of fracsurv's ridge Cox fits.
+
+    The scale of scikit-survival's ``alpha / 2`` and of ``DeepSurvRegressor``'s
+    ``weight_decay`` under L-BFGS; :func:`fit_ridge_cox` uses it too.
+    """
+    return (0.5 * strength) * sum((w ** 2).sum() for w in weights)
 
 
 # exp(x - max) stays a normal float over this spread of log-hazards, so the
@@ -156,9 +167,9 @@ class CoxLoss(torch.nn.Module):
                        reduction=self.reduction)  # type: ignore[arg-type]
 
 
-def fit_ridge_cox(x: Tensor, time: Tensor, event: Tensor, *, l2: float = 1e-2,
-                  ties: Literal["efron", "breslow"] = "efron") -> Tensor:
-    r"""Weights ``w`` minimising ``cox_nll(x @ w) + l2 * ||w||^2`` (full batch, L-BFGS).
+def fit_ridge_cox(x: Tensor, time: Tensor, event: Tensor, *, strength: float = 2e-2,
+                  ties: Literal["efron", "breslow"] = "efron", l2: Any = "deprecated") -> Tensor:
+    r"""Weights ``w`` minimising ``cox_nll(x @ w) + strength / 2 * ||w||^2`` (full batch, L-BFGS).
 
     A linear Cox model on the same partial likelihood (and ties) that the
     networks train on, fitted to convergence in float64: the late-fusion FC on
@@ -172,13 +183,23 @@ def fit_ridge_cox(x: Tensor, time: Tensor, event: Tensor, *, l2: float = 1e-2,
     x : Tensor of shape (n, p)
         Covariates, best standardised (the penalty treats them alike).
     time, event : Tensor of shape (n,)
-    l2 : float
+    strength : float, default=2e-2
+        Ridge strength on the scale of :func:`ridge_penalty` (on the mean
+        partial likelihood: scikit-survival's ``alpha`` is ``strength`` times the
+        number of events).
     ties : {"efron", "breslow"}
+    l2 : float
+        Deprecated: the former penalty ``l2 * ||w||^2``, i.e. ``strength = 2 * l2``.
 
     Returns
     -------
     Tensor of shape (p,), float64.
     """
+    if not isinstance(l2, str) or l2 != "deprecated":
+        warnings.warn("fit_ridge_cox's 'l2' is deprecated and will be removed; pass "
+                      "strength=2 * l2 (the penalty is strength / 2 * ||w||^2)",
+                      FutureWarning, stacklevel=2)
+        strength = 2.0 * float(l2)
     x = x.detach().double()
     t, e = time.detach().double(), event.detach().double()
     w = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
@@ -186,7 +207,7 @@ def fit_ridge_cox(x: Tensor, time: Tensor, event: Tensor, *, l2: float = 1e-2,
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = cox_nll(x @ w, t, e, ties=ties) + l2 * (w ** 2).sum()
+        loss = cox_nll(x @ w, t, e, ties=ties) + ridge_penalty([w], strength)
         loss.backward()
         return loss
 

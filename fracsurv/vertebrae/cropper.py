@@ -11,20 +11,27 @@ See ``docs/vertebra_cropper.md``.
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from torch.utils.data import Dataset
 
-from fracsurv._base import FrameTransformerMixin, row_label
-from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
+from fracsurv._base import FrameTransformerMixin, appended_feature_names, derive_seed, row_label
+from fracsurv.io.refs import ImageCache, hash_parts
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import to_chw
-from fracsurv.vertebrae.crops import CropStacker, box_from_points
+from fracsurv.vertebrae._keypoint_data import (
+    KeypointImages,
+    load_one_image,
+    normalise_intensity,
+    one_image,
+)
+from fracsurv.vertebrae.crops import CROP_CONSTRAINTS, CropStacker, box_from_points
 from fracsurv.vertebrae.detector import (
     LEVEL_INDEX,
     LEVELS,
@@ -34,8 +41,6 @@ from fracsurv.vertebrae.detector import (
     assign_levels,
     decode_maps,
     from_grid,
-    render_targets,
-    to_grid,
 )
 from fracsurv.vertebrae.genant import grade_vertebrae, heights
 
@@ -43,101 +48,6 @@ __all__ = ["VertebraCropper"]
 
 SUMMARY_COLUMNS = ("n_vertebrae", "n_fractures", "max_grade", "sdi", "max_reduction",
                    "no_vertebra_found")
-
-
-def _normalise(t: torch.Tensor) -> torch.Tensor:
-    """Robust per-image intensity scaling: 1st..99th percentile -> 0..1."""
-    flat = t.reshape(-1)
-    lo, hi = np.percentile(flat[:: max(1, flat.numel() // 8192)].numpy(), [1.0, 99.0])
-    return (t - float(lo)) / max(float(hi - lo), 1e-6)
-
-
-def _one_image(cell: Any, X: pd.DataFrame, pos: int, column: str) -> Any:
-    items = iter_cell(cell)
-    if not items:
-        raise ValueError(f"no image in {row_label(X, pos)} (column {column!r})")
-    if len(items) > 1:
-        raise ValueError(f"{row_label(X, pos)} holds {len(items)} images in {column!r}; "
-                         "VertebraCropper reads one radiograph per row")
-    return items[0]
-
-
-def _load(item: Any, rows: str) -> np.ndarray:
-    try:
-        img = load_image(item)
-    except Exception as exc:  # re-raised with the row, never the file's identifiers
-        raise ValueError(f"cannot read the image of {rows}: {exc}") from exc
-    if img.ndim == 3 and img.shape[0] == 1:
-        img = img[0]
-    if img.ndim != 2:
-        raise ValueError(f"the image of {rows} must be 2-D (H, W), got shape {img.shape}")
-    return img
-
-
-class _KeypointImages(Dataset):
-    """Training samples: a normalised input image and its packed target maps."""
-
-    def __init__(self, items: list[Any], annotations: list[tuple[np.ndarray, np.ndarray]],
-                 rows: list[str], input_shape: tuple[int, int], sigma: float,
-                 offset_scale: float, augment: bool, seed: int | None,
-                 window: tuple[int, int] | None = None) -> None:
-        self.items, self.annotations, self.rows = items, annotations, rows
-        self.window = window
-        self.input_shape, self.sigma, self.offset_scale = input_shape, sigma, offset_scale
-        self.augment = augment
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = _load(self.items[idx], self.rows[idx])
-        h, w = self.input_shape
-        x = _normalise(to_chw(img, (h, w)))
-        pts, levels = self.annotations[idx]
-        pts = to_grid(pts, (w / STRIDE / img.shape[1], h / STRIDE / img.shape[0]))
-        if self.augment:
-            x, pts = self._augment(x, pts)
-        if self.window is not None:
-            x, pts = self._window(x, pts)
-        gh, gw = (s // STRIDE for s in x.shape[-2:])
-        return x, torch.from_numpy(render_targets(pts, levels, (gh, gw), self.sigma, self.offset_scale))
-
-    def _window(self, x: torch.Tensor, pts: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """A random training window, centred near a random vertebra 3 times in 4."""
-        (h, w), (wh, ww) = x.shape[-2:], self.window
-        wh, ww = min(wh, h), min(ww, w)
-        if len(pts) and self.rng.random() < 0.75:
-            cx, cy = from_grid(pts[int(self.rng.integers(len(pts)))].mean(0), (0.5, 0.5))
-            cy += self.rng.uniform(-0.3, 0.3) * wh
-            cx += self.rng.uniform(-0.3, 0.3) * ww
-        else:
-            cx, cy = self.rng.uniform(0, w), self.rng.uniform(0, h)
-        y0 = int(np.clip(round(cy - wh / 2), 0, h - wh))
-        x0 = int(np.clip(round(cx - ww / 2), 0, w - ww))
-        return x[..., y0:y0 + wh, x0:x0 + ww], pts - np.array([x0, y0]) / STRIDE
-
-    def _augment(self, x: torch.Tensor, pts: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Mirror, integer shift (points follow exactly), gamma, contrast and noise."""
-        rng = self.rng
-        h, w = x.shape[-2:]
-        pts = pts.copy()
-        if rng.random() < 0.5:  # a mirrored lateral view is as valid as the original
-            x = x.flip(-1)
-            pts[..., 0] = w // STRIDE - 1 - pts[..., 0]
-        dy, dx = (int(v) for v in rng.integers(-(np.array([h, w]) // 16), np.array([h, w]) // 16 + 1))
-        x = torch.roll(x, (dy, dx), (-2, -1))
-        x[..., : max(dy, 0), :] = 0
-        x[..., h + min(dy, 0):, :] = 0
-        x[..., : max(dx, 0)] = 0
-        x[..., w + min(dx, 0):] = 0
-        pts = pts + np.array([dx, dy]) / STRIDE
-        x = x.clamp(0, 1) ** float(rng.uniform(0.7, 1.4))
-        x = x * float(rng.uniform(0.8, 1.2)) + float(rng.uniform(-0.1, 0.1))
-        return x + float(rng.uniform(0, 0.04)) * torch.randn(x.shape, generator=self._gen()), pts
-
-    def _gen(self) -> torch.Generator:
-        return torch.Generator().manual_seed(int(self.rng.integers(2**31)))
 
 
 class VertebraCropper(TorchEstimatorMixin, FrameTransformerMixin, TransformerMixin, BaseEstimator):
@@ -200,8 +110,8 @@ class VertebraCropper(TorchEstimatorMixin, FrameTransformerMixin, TransformerMix
         Random mirror, shift, gamma, contrast and noise while training.
     optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
 patience, device, precision, random_state, verbose
-        As in :class:`fracsurv.nn.base.TorchEstimatorMixin`; the learning rate
-        follows a cosine schedule over ``max_epochs``.
+        The shared training parameters, documented once in :mod:`fracsurv.nn.base`;
+        the learning rate follows a cosine schedule over ``max_epochs``.
 
     Attributes
     ----------
@@ -209,7 +119,26 @@ patience, device, precision, random_state, verbose
     feature_names_in_, n_features_in_ : as in scikit-learn.
     """
 
-    def __init__(self, image_column: str = "image", keypoints_column: str = "keypoints",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **TorchEstimatorMixin._parameter_constraints,
+        **CROP_CONSTRAINTS,
+        "image_column": [str],
+        "keypoints_column": [str],
+        "vertebrae_column": [str],
+        "output_column": [str],
+        "input_shape": [tuple, list],
+        "channels": ["array-like"],
+        "num_res_units": [Interval(Integral, 0, None, closed="left")],
+        "train_window": [tuple, list, None],
+        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "detection_threshold": [Interval(Real, 0, 1, closed="neither")],
+        "first_graded_level": [StrOptions(set(LEVELS))],
+        "use_neighbours": ["boolean"],
+        "crop_resize": [StrOptions({"shrink", "fill"})],
+        "augment": ["boolean"],
+    }
+
+    def __init__(self, image_column: str = "image", *, keypoints_column: str = "keypoints",
                  vertebrae_column: str = "vertebrae", output_column: str = "crops",
                  input_shape: tuple[int, int] = (512, 256),
                  channels: tuple[int, ...] = (16, 32, 64, 128, 128), num_res_units: int = 1,
@@ -263,7 +192,8 @@ patience, device, precision, random_state, verbose
                              f"{2**len(self.channels)} (2 ** len(channels)), got {self.input_shape!r}")
         return shape  # type: ignore[return-value]
 
-    def _check_params(self) -> None:
+    def _check_geometry(self) -> None:
+        """Rules across parameters: both shapes must suit the U-Net's ``channels``."""
         self._shape()
         if self.train_window is not None:
             win = tuple(int(s) for s in self.train_window)
@@ -271,12 +201,6 @@ patience, device, precision, random_state, verbose
             if len(win) != 2 or min(win) < k or any(s % k for s in win):
                 raise ValueError(f"train_window must be (h, w), both positive multiples of {k}, "
                                  f"got {self.train_window!r}")
-        if self.first_graded_level not in LEVEL_INDEX:
-            raise ValueError(f"first_graded_level must be one of {LEVELS}, got {self.first_graded_level!r}")
-        if not 0 < float(self.detection_threshold) < 1:
-            raise ValueError(f"detection_threshold must lie in (0, 1), got {self.detection_threshold!r}")
-        if int(self.n_crops) < 1:
-            raise ValueError(f"n_crops must be >= 1, got {self.n_crops!r}")
 
     def _offset_scale(self) -> float:
         return self._shape()[0] / STRIDE / 32.0
@@ -325,11 +249,12 @@ patience, device, precision, random_state, verbose
         -------
         self
         """
-        self._check_params()
+        self._validate_params()
+        self._check_geometry()
         self._require_columns(X, [self.image_column, self.keypoints_column], type(self).__name__)
         if len(X) < 2:
             raise ValueError(f"VertebraCropper needs at least 2 annotated rows, got {len(X)}")
-        items = [_one_image(c, X, p, self.image_column) for p, c in enumerate(X[self.image_column])]
+        items = [one_image(c, X, p, self.image_column) for p, c in enumerate(X[self.image_column])]
         ann = [self._annotation(c, X, p, self.keypoints_column)
                for p, c in enumerate(X[self.keypoints_column])]
         if sum(len(a[0]) for a in ann) == 0:
@@ -337,8 +262,8 @@ patience, device, precision, random_state, verbose
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
         rs = self.random_state
-        seed = None if rs is None else int(np.random.RandomState(rs).randint(2**31 - 1))
-        ds = _KeypointImages(items, ann, [row_label(X, p) for p in range(len(X))], self._shape(),
+        seed = None if rs is None else derive_seed(rs)
+        ds = KeypointImages(items, ann, [row_label(X, p) for p in range(len(X))], self._shape(),
                              float(self.sigma), self._offset_scale(), bool(self.augment), seed,
                              None if self.train_window is None
                              else tuple(int(s) for s in self.train_window))
@@ -361,12 +286,12 @@ patience, device, precision, random_state, verbose
                            margin=self.margin, resize=self.crop_resize)
 
     def _network_input(self, img: np.ndarray) -> torch.Tensor:
-        return _normalise(to_chw(img, self._shape()))
+        return normalise_intensity(to_chw(img, self._shape()))
 
     def detect(self, image: Any) -> list[dict[str, Any]]:
         """The graded, top-to-bottom vertebra list of one image (array, reference or path)."""
         check_is_fitted(self, "module_")
-        img = _load(image, "the given image")
+        img = load_one_image(image, "the given image")
         maps = self._infer([self._network_input(img)[None]])
         return self._vertebrae(maps[0], img.shape)
 
@@ -436,7 +361,7 @@ patience, device, precision, random_state, verbose
         step = max(1, int(self.batch_size)) * 2
         cells = list(X[self.image_column])
         for start in range(0, len(X), step):
-            imgs = [_load(_one_image(cells[p], X, p, self.image_column), row_label(X, p))
+            imgs = [load_one_image(one_image(cells[p], X, p, self.image_column), row_label(X, p))
                     for p in range(start, min(start + step, len(X)))]
             maps = self._infer([torch.stack([self._network_input(im) for im in imgs])])
             for img, m in zip(imgs, maps):
@@ -460,16 +385,15 @@ patience, device, precision, random_state, verbose
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus the added ones."""
         check_is_fitted(self, "module_")
-        new = [self.vertebrae_column, *SUMMARY_COLUMNS, self.output_column]
         names = self.feature_names_in_ if input_features is None else input_features
-        return np.asarray([*[c for c in names if c not in new], *new], dtype=object)
+        return appended_feature_names(
+            names, [self.vertebrae_column, *SUMMARY_COLUMNS, self.output_column])
 
     # -- persistence -----------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"feature_names_in": [str(c) for c in self.feature_names_in_]}, {}
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self._check_params()
         self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.module_ = self._module()

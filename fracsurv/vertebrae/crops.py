@@ -19,18 +19,31 @@ Sizes default to the study's (272 x 230 crops, 230 px maximum box height, for
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fracsurv._base import FrameTransformerMixin, row_label
 from fracsurv.io.refs import ImageCache, hash_parts, load_image
 from fracsurv.vertebrae.genant import grade_vertebrae
 
-__all__ = ["CropStacker", "box_from_points", "crop_stack", "select_boxes", "select_slots",
+#: Constraints of the crop-stack parameters, shared with ``VertebraCropper``.
+CROP_CONSTRAINTS: dict[str, list[Any]] = {
+    "n_crops": [Interval(Integral, 1, None, closed="left")],
+    "crop_size": [tuple, list, StrOptions({"auto"})],
+    "max_box_height": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+    "gap_factor": [Interval(Real, 0, None, closed="neither")],
+    "margin": [Interval(Real, 0, None, closed="left")],
+    "cache_dir": [str, os.PathLike, None],
+}
+
+__all__ = ["CROP_CONSTRAINTS", "CropStacker", "box_from_points", "crop_stack", "select_boxes", "select_slots",
            "vertebra_grades"]
 
 STUDY_CROP = (272, 230)
@@ -164,7 +177,16 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     cache_dir : path, optional
     """
 
-    def __init__(self, keypoints_column: str = "keypoints", image_column: str = "image",
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **CROP_CONSTRAINTS,
+        "keypoints_column": [str],
+        "image_column": [str],
+        "output_column": [str],
+        "resize": [StrOptions({"shrink", "fill"})],
+        "grades_column": [str, None],
+    }
+
+    def __init__(self, keypoints_column: str = "keypoints", *, image_column: str = "image",
                  output_column: str = "crops", n_crops: int = 13, crop_size: Any = "auto",
                  max_box_height: Any = "auto", gap_factor: float = 1.5, margin: float = 0.15,
                  resize: str = "shrink", grades_column: str | None = None,
@@ -188,7 +210,8 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         return tags
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> CropStacker:
-        """Check the columns (stateless)."""
+        """Check the parameters and the columns (stateless)."""
+        self._validate_params()
         for c in (self.keypoints_column, self.image_column):
             if c not in X.columns:
                 raise ValueError(f"X has no column {c!r}")

@@ -1,58 +1,37 @@
-"""``fracsurv demo``: the whole pipeline on the built-in synthetic cohort, ending in a report.
-
-Each stage runs only if its component exists in this installation; a missing
-component is skipped with a one-line notice (in the console and the report),
-never faked. Stages are sized for 2 CPU cores.
-"""
+"""``run_demo``: every stage in order, timed, ending in the HTML report."""
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from fracsurv.demo.context import DemoContext
+from fracsurv.demo.data import stage_cohort, stage_crops, stage_future, stage_images, stage_pvf
+from fracsurv.demo.models import stage_comparison, stage_models
+from fracsurv.demo.sections import stage_analysis, stage_examples, stage_explain
 from fracsurv.report.html import Report
 
-__all__ = ["run_demo"]
+__all__ = ["BANNER", "STAGES", "run_demo"]
 
 BANNER = ("SIMULATED DATA. Every image, clinical value and outcome in this report comes from "
           "fracsurv's synthetic cohort generator (docs/synthetic_cohort.md). The numbers show "
           "what the software does; they support no clinical conclusion.")
 
-
-@dataclass
-class DemoContext:
-    """State passed from stage to stage."""
-
-    out: Path
-    seed: int
-    tiny: bool
-    report: Report
-    train: pd.DataFrame | None = None
-    test: pd.DataFrame | None = None
-    y_train: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    truth: Any = None
-    cohort: Any = None
-    risks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> test risk
-    fitted: dict[str, Any] = field(default_factory=dict)  # pipeline components
-    models: dict[str, Any] = field(default_factory=dict)  # name -> (survival model, columns)
-    skipped: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def _available(module: str, name: str) -> Any | None:
-    """The attribute ``module.name`` if that component is built, else None."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
+    ("cohort", stage_cohort),
+    ("load images (DicomLoader)", stage_images),
+    ("vertebra crops", stage_crops),
+    ("pVF score (PVFScorer)", stage_pvf),
+    ("future images (DiffXGenerator)", stage_future),
+    ("survival models", stage_models),
+    ("model comparison", stage_comparison),
+    ("survival analysis", stage_analysis),
+    ("examples", stage_examples),
+    ("Grad-CAM and generated futures", stage_explain),
+]
 
 
 def _stage(ctx: DemoContext, title: str, fn: Callable[[DemoContext], None], i: int,
@@ -64,7 +43,7 @@ def _stage(ctx: DemoContext, title: str, fn: Callable[[DemoContext], None], i: i
     print(f"[{i}/{n}] {title}: {ctx.timings[title]:.1f} s", flush=True)
 
 
-def run_demo(out: str | Path = "fracsurv-demo", n_patients: int | None = None,
+def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None,
              image_shape: tuple[int, int] | None = None, seed: int = 0,
              tiny: bool = False) -> Path:
     """Run the demo and return the path of the HTML report.
@@ -81,15 +60,17 @@ def run_demo(out: str | Path = "fracsurv-demo", n_patients: int | None = None,
         Seed for splits and models.
     tiny : bool
         Smallest configuration (used by the test suite).
-    """
-    from fracsurv.demo_stages import STAGES
 
+    Returns
+    -------
+    Path
+        ``out / "report.html"``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(out=out, seed=seed, tiny=tiny,
+    ctx = DemoContext(out=out, seed=seed, tiny=tiny, n_patients=n_patients,
+                      image_shape=image_shape,
                       report=Report("fracsurv demo report", banner=BANNER))
-    ctx.n_patients = n_patients  # type: ignore[attr-defined]
-    ctx.image_shape = image_shape  # type: ignore[attr-defined]
     t0 = time.perf_counter()
     for i, (title, fn) in enumerate(STAGES, 1):
         _stage(ctx, title, fn, i, len(STAGES))
@@ -98,8 +79,6 @@ def run_demo(out: str | Path = "fracsurv-demo", n_patients: int | None = None,
     timing = pd.DataFrame({"seconds": pd.Series(ctx.timings)})
     timing.loc["total"] = total
     ctx.report.add_table(timing, caption="Wall time per stage", floatfmt="{:.1f}")
-    for line in ctx.skipped:
-        ctx.report.add_notice(line)
     path = ctx.report.write(out / "report.html")
     print(f"demo finished in {total:.0f} s", flush=True)
     return path

@@ -1,0 +1,208 @@
+"""Stages 8-10 of ``fracsurv demo``: survival analysis, examples and explanations."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from fracsurv._base import survival_arrays
+from fracsurv.demo.context import DemoContext, clinical_columns, eval_times
+from fracsurv.io import load_image
+from fracsurv.stratify import (
+    agreement_table,
+    bland_altman_figure,
+    cox_table,
+    decision_table,
+    format_cox_table,
+    km_figure,
+    logrank_tables,
+    td_auc_figure,
+    td_auc_table,
+)
+from fracsurv.stratify.grouper import HIGH_RISK_GROUPS
+
+__all__ = ["stage_analysis", "stage_examples", "stage_explain"]
+
+
+def _km_section(ctx: DemoContext, groups: pd.Series) -> None:
+    rep = ctx.report
+    present = groups.astype(str).nunique()
+    if present < 2:
+        rep.add_notice("every test patient falls in one group: no curves to compare")
+        return
+    rep.add_figure(km_figure(ctx.y_test, groups, "test split"), "Kaplan-Meier curves")
+    pw, overall = logrank_tables(ctx.y_test, groups)
+    rep.add_table(overall, caption="Log-rank test (all groups)")
+    rep.add_table(pw, caption="Pairwise log-rank tests")
+
+
+def stage_analysis(ctx: DemoContext) -> None:
+    rep = ctx.report
+    rep.section("Time-dependent AUROC", "td-auc")
+    times = eval_times(ctx)
+    table = td_auc_table(ctx.y_train, ctx.y_test, ctx.risks, times)
+    rep.add_table(table, caption="Cumulative/dynamic AUC (IPCW) on the test split")
+    rep.add_figure(td_auc_figure(table), "Time-dependent AUROC of the survival models")
+
+    if "risk_group" in ctx.test.columns:
+        rep.section("Kaplan-Meier by risk group", "km")
+        t_b, t_f = ctx.fitted["RiskGrouper"].thresholds_
+        rep.add_text(f"LL / LH / HIGH from the baseline (BpVF) and generated 10-year (GpVF) "
+                     f"image scores; cut-points chosen on the training split by maximally "
+                     f"selected log-rank statistics: BpVF {t_b:.3f}, GpVF {t_f:.3f}.")
+        _km_section(ctx, ctx.test["risk_group"].reset_index(drop=True))
+    elif "pvf" in ctx.test.columns:
+        rep.section("Kaplan-Meier by baseline pVF", "km")
+        cut = float(np.median(ctx.train["pvf"]))
+        rep.add_notice(f"no generated score in this run: groups are baseline pVF below / at or "
+                       f"above the training median ({cut:.3f}).")
+        _km_section(ctx, pd.Series(pd.Categorical(
+            np.where(ctx.test["pvf"] >= cut, "high pVF", "low pVF"),
+            categories=["low pVF", "high pVF"], ordered=True)))
+    if ctx.pvf_auc is not None:
+        rep.add_text(f"pVF score AUROC for the true prevalent fracture label (test): "
+                     f"{ctx.pvf_auc:.3f}")
+
+    rep.section("Cox hazard ratios", "hr")
+    clinical = [c for c in clinical_columns(ctx) if ctx.train[c].astype(float).std() > 0]
+    models = {"Clinical": clinical}
+    terms = list(clinical)
+    if "pvf" in ctx.train.columns and ctx.train["pvf"].std() > 0:
+        models["Clinical + pVF"] = [*clinical, "pvf"]
+        terms.append("pvf")
+    elif "pvf" in ctx.train.columns:
+        rep.add_notice("the pVF score is constant on the training split (the scorer learned "
+                       "nothing in this configuration): left out of the Cox models")
+    if "risk_group" in ctx.train.columns:
+        groups = [c for c in ("risk_LH", "risk_HIGH") if ctx.train[c].std() > 0]
+        models["Clinical + pVF + risk group"] = [*models.get("Clinical + pVF", clinical), *groups]
+        terms.extend(groups)
+    tables = cox_table(ctx.train, ctx.y_train, terms, models=models, penalizer=0.01)
+    rep.add_table(format_cox_table(tables), caption=(
+        "Hazard ratios (95% CI) on the training split, univariable and nested multivariable "
+        "Cox models (lifelines, ridge penalty 0.01), laid out like the Diff-X study's Table 4"))
+    rep.add_table(tables.models, caption="Model fit: C-index and LR chi-square")
+    if len(tables.comparisons):
+        rep.add_table(tables.comparisons, caption="Likelihood-ratio tests between nested models")
+
+    if "clinical_risk_score" in ctx.test.columns:
+        rep.section("Clinical decision table", "decision")
+        if "risk_group" in ctx.test.columns:
+            high = ctx.test["risk_group"].isin(HIGH_RISK_GROUPS).to_numpy()
+            what = "the LH or HIGH risk group"
+        else:
+            high = (ctx.test["pvf"] >= 0.5).to_numpy() if "pvf" in ctx.test.columns else \
+                np.zeros(len(ctx.test), bool)
+            what = "a high pVF score"
+        horizon = float(np.median(survival_arrays(ctx.y_test)[1]))
+        rep.add_table(decision_table(ctx.y_test, horizon, ctx.test["clinical_risk_score"], 20.0,
+                                     high),
+                      caption=f"Fracture by {horizon:.1f} years: clinical risk score (FRAX "
+                              f"stand-in) >= 20 % alone vs combined with {what}")
+
+
+def stage_examples(ctx: DemoContext) -> None:
+    if "keypoints" not in ctx.test.columns:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rep = ctx.report
+    rep.section("Example radiographs", "examples")
+    det = ctx.detection
+    if det is not None:
+        table = {"sensitivity": f"{det['sensitivity']:.3f}",
+                 "precision": f"{det['precision']:.3f}",
+                 "median point error (px)": f"{det['median_point_error_px']:.2f}",
+                 "vertebrae (true / predicted)": f"{det['n_true']} / {det['n_pred']}"}
+        if ctx.test["prevalent_vf"].nunique() == 2:
+            table["AUROC of max predicted grade for prevalent VF"] = (
+                f"{roc_auc_score(ctx.test['prevalent_vf'], ctx.test['max_grade']):.3f}")
+        rep.add_table(pd.DataFrame({"VertebraCropper (test split)": table}),
+                      caption="Learned vertebra detection against the annotated keypoints "
+                              "(a match: centre within half the true vertebral height)")
+    rows = ctx.test.head(4)
+    fig, axes = plt.subplots(1, 2 * len(rows), figsize=(3.2 * len(rows), 4.2))
+    for k, (_, row) in enumerate(rows.iterrows()):
+        img = load_image(row["image"])
+        ax = axes[2 * k]
+        title = f"baseline, vf={row.get('prevalent_vf', '?')}"
+        if "vertebrae" in row.index:
+            from fracsurv.vertebrae import draw_vertebrae
+
+            draw_vertebrae(img, row["vertebrae"], ax=ax, show_boxes=False)
+        else:
+            ax.imshow(img, cmap="gray")
+            for v in row.get("keypoints", []) or []:
+                p = np.asarray(v["points"])
+                ax.plot(p[[0, 1, 2, 5, 4, 3, 0], 0], p[[0, 1, 2, 5, 4, 3, 0], 1], "r-", lw=0.5)
+        ax.set_title(title, fontsize=8)
+        fu = row.get("followup_image")
+        if isinstance(fu, str):
+            axes[2 * k + 1].imshow(load_image(fu), cmap="gray")
+            axes[2 * k + 1].set_title(f"follow-up, age {row.get('followup_age', 0):.0f}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    rep.add_figure(fig, "Test patients: keypoints, levels and Genant grades found by "
+                        "VertebraCropper (annotated keypoints in red when it is absent), "
+                        "and the real follow-up image")
+
+
+def _futures_section(ctx: DemoContext) -> None:
+    """Generated 10-year images next to the baseline and the real follow-up, and the
+    Diff-X study's clinical fidelity check (generated vs real follow-up pVF)."""
+    import matplotlib.pyplot as plt
+
+    rep, gen, scorer = ctx.report, ctx.fitted["DiffXGenerator"], ctx.fitted["PVFScorer (image)"]
+    rep.section("Generated future radiographs (DiffXGenerator)", "futures")
+    rows = ctx.test.head(3)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(7, 3.4 * len(rows)), squeeze=False)
+    for k, (_, row) in enumerate(rows.iterrows()):
+        futures = row["future_images"]
+        panels = [(row["image"], f"baseline, age {row['age']:.0f}"),
+                  (futures[0], f"generated +10 y, seed 0\nGpVF {row['gpvf']:.2f}"),
+                  (futures[1], "generated +10 y, seed 1"),
+                  (row.get("followup_image"), f"real follow-up, age {row['followup_age']:.0f}")]
+        for ax, (img, title) in zip(axes[k], panels, strict=True):
+            if img is not None and not (isinstance(img, float) and np.isnan(img)):
+                ax.imshow(load_image(img), cmap="gray")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    rep.add_figure(fig, "Baseline, two generated 10-year futures and the real follow-up")
+    sub = ctx.test.dropna(subset=["followup_age"]).head(12 if ctx.tiny else 60)
+    gen_scores, real = [], scorer.image_scores(list(sub["followup_image"]))
+    for _, row in sub.iterrows():
+        horizon = max(float(row["followup_age"] - row["age"]), 0.0)
+        imgs = gen.generate(row["image"], row["age"], row["sex"], [horizon])
+        gen_scores.append(float(np.mean(scorer.image_scores(list(imgs[0])))))
+    gen_scores = np.asarray(gen_scores)
+    rep.add_table(agreement_table({"GpVF at follow-up age vs pVF of the real follow-up":
+                                   (gen_scores, real)}),
+                  caption=f"Clinical fidelity on {len(sub)} test patients (the Diff-X study: "
+                          "r = 0.655, mean difference -0.06 ± 0.20)", floatfmt="{:.3f}")
+    rep.add_figure(bland_altman_figure(gen_scores, real, ("generated", "real follow-up")),
+                   "Generated vs real follow-up pVF: scatter and Bland-Altman")
+
+
+def _grad_cam_section(ctx: DemoContext) -> None:
+    from fracsurv.scoring.gradcam import grad_cam_figure
+
+    scorer = ctx.fitted["PVFScorer (image)"]
+    rows = pd.concat([ctx.test[ctx.test["prevalent_vf"] == 1].head(2),
+                      ctx.test[ctx.test["prevalent_vf"] == 0].head(2)])
+    images = list(rows["image"])
+    maps = scorer.grad_cam(images)
+    titles = [f"vf={int(v)}, BpVF {p:.2f}" for v, p in zip(rows["prevalent_vf"], rows["bpvf"],
+                                                             strict=True)]
+    ctx.report.section("Grad-CAM of the pVF scorer", "gradcam")
+    ctx.report.add_figure(grad_cam_figure(images, maps, titles=titles),
+                          "Where the full-image pVF scorer looks (Grad-CAM, last conv block)")
+
+
+def stage_explain(ctx: DemoContext) -> None:
+    if "PVFScorer (image)" in ctx.fitted:
+        _grad_cam_section(ctx)
+    if "DiffXGenerator" in ctx.fitted:
+        _futures_section(ctx)

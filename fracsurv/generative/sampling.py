@@ -1,0 +1,155 @@
+"""Sampling of :class:`~fracsurv.generative.DiffXGenerator`: DDIM inversion of the
+baselines, guided generation with feature injection, and reconstruction."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from fracsurv.generative.injection import FeatureInjector
+from fracsurv.generative.nets import make_schedulers
+from fracsurv.generative.prompts import format_prompt
+from fracsurv.io.refs import hash_parts, load_image
+
+__all__ = ["DiffXSamplingMixin"]
+
+
+def _seed_of(random_state: int | None, seed: int) -> int:
+    return int(np.random.SeedSequence([int(random_state or 0), int(seed)]).generate_state(1)[0])
+
+
+class DiffXSamplingMixin:
+    """The methods of :class:`~fracsurv.generative.DiffXGenerator` that sample images."""
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        amp = self._amp_dtype()
+        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+    def _encode_baselines(self, images: Sequence[np.ndarray], ages: Sequence[float],
+                          sexes: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inverted noise z_T, low-res copies, LDM-1 prompt embeddings) of baselines.
+
+        Inversions are cached per (image, age, sex, steps); the missing ones are
+        computed together in one batch.
+        """
+        m, device = self.module_, self._device()
+        x = torch.cat([self._prep(im) for im in images]).to(device)
+        cond = m.text1([format_prompt(self.prompt_template, a, s) for a, s in zip(ages, sexes,
+                                                                                 strict=True)])
+        lowres = m.lowres(x)
+        keys = [hash_parts(x[i].cpu().numpy(), float(ages[i]), str(sexes[i]),
+                           int(self.n_inference_steps)) for i in range(len(images))]
+        cache = self.__dict__.setdefault("_inversions", {})
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if todo:
+            _, inverse = make_schedulers(self.n_train_timesteps)
+            inverse.set_timesteps(int(self.n_inference_steps))
+            z, low, c = m.encode(x[todo]), lowres[todo], cond[todo]
+            for t in inverse.timesteps:
+                eps = m.ldm1(torch.cat([z, low], 1), t, encoder_hidden_states=c).sample
+                z = inverse.step(eps.float(), t, z).prev_sample
+            for j, i in enumerate(todo):
+                cache[keys[i]] = z[j:j + 1]
+        return torch.cat([cache[k] for k in keys]), lowres, cond
+
+    def generate_many(self, images: Sequence[Any], ages: Sequence[float], sexes: Sequence[Any],
+                      horizons: Sequence[Sequence[float]], seeds: Sequence[int] | None = None,
+                      inject: bool | None = None, return_injector: bool = False) -> Any:
+        """Future images of several patients in one batch.
+
+        Every patient needs the same number of horizons (their values may
+        differ) and baselines of one shape (or ``output_shape`` set). Returns an
+        array ``(n_patients, n_horizons, n_seeds, H, W)`` in [0, 1]; see
+        :meth:`generate` for the other parameters.
+        """
+        check_is_fitted(self, "module_")
+        seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
+        inject = self.inject if inject is None else bool(inject)
+        imgs = [load_image(im) for im in images]
+        n_h = {len(h) for h in horizons}
+        if len(n_h) != 1 or len(horizons) != len(imgs):
+            raise ValueError("generate_many needs one horizon list per image, all of one length")
+        shapes = {tuple(self.output_shape or im.shape[-2:]) for im in imgs}
+        if len(shapes) != 1:
+            raise ValueError(f"baselines of different shapes {sorted(shapes)}: set output_shape")
+        out_shape, n_h = shapes.pop(), n_h.pop()
+        m, device = self.module_.to(self._device()), self._device()
+        ddim, _ = make_schedulers(self.n_train_timesteps)
+        ddim.set_timesteps(int(self.n_inference_steps))
+        n_steps = len(ddim.timesteps)
+        n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
+        prompts = [format_prompt(self.prompt_template, float(a) + float(h), s)
+                   for a, s, hs in zip(ages, sexes, horizons, strict=True) for h in hs for _ in seeds]
+        k = n_h * len(seeds)  # generated images per patient
+        gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
+        injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
+                                   int(self.injection_layer), repeats=k)
+        with torch.inference_mode(), self._autocast(device):
+            z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
+            enc2 = torch.cat([m.text2.null_embedding(len(prompts)), m.text2(prompts)])
+            z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
+            with injector:
+                for i, t in enumerate(ddim.timesteps):
+                    with injector.record(i):
+                        eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
+                    z1 = ddim.step(eps1.float(), t, z1).prev_sample
+                    with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
+                        eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
+                    # the same noise for a seed whatever the batch: a (seed, horizon) is reproducible
+                    noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
+                    noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
+                    z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
+            x = torch.cat([m.decode(z2[j:j + 64]).float() for j in range(0, len(z2), 64)])
+        x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
+        arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
+                                                                 *out_shape)
+        return (arr, injector) if return_injector else arr
+
+    def generate(self, image: Any, age: float, sex: Any, horizons: Sequence[float],
+                 seeds: Sequence[int] | None = None, inject: bool | None = None,
+                 return_injector: bool = False) -> Any:
+        """Future images of one patient: array ``(len(horizons), len(seeds), H, W)`` in [0, 1].
+
+        Parameters
+        ----------
+        image : array or reference
+            Baseline radiograph.
+        age, sex : baseline age (years) and sex.
+        horizons : sequence of float
+            Years after baseline (the prompt's age is ``age + horizon``).
+        seeds : sequence of int, optional
+            Defaults to ``range(n_seeds)``; with ``random_state`` they fix the
+            DDIM noise, so a (seed, horizon) image is reproducible alone.
+        inject : bool, optional
+            Override of the ``inject`` parameter (the no-injection ablation).
+        return_injector : bool
+            Also return the :class:`FeatureInjector` (its ``log`` lists every
+            replacement as ``(step, module)``).
+        """
+        out = self.generate_many([image], [age], [sex], [list(horizons)], seeds=seeds,
+                                 inject=inject, return_injector=return_injector)
+        return (out[0][0], out[1]) if return_injector else out[0]
+
+    def reconstruct(self, image: Any, age: float, sex: Any) -> np.ndarray:
+        """LDM-1's reconstruction of ``image`` from its DDIM inversion, in [0, 1]."""
+        check_is_fitted(self, "module_")
+        img = load_image(image)
+        m, device = self.module_.to(self._device()), self._device()
+        ddim, _ = make_schedulers(self.n_train_timesteps)
+        ddim.set_timesteps(int(self.n_inference_steps))
+        with torch.inference_mode(), self._autocast(device):
+            z, lowres, cond = self._encode_baselines([img], [float(age)], [sex])
+            for t in ddim.timesteps:
+                eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
+                z = ddim.step(eps.float(), t, z).prev_sample
+            x = m.decode(z).float()
+        x = nn.functional.interpolate(x, size=img.shape[-2:], mode="bilinear", align_corners=False)
+        return ((x.clamp(-1, 1) + 1) / 2)[0, 0].cpu().numpy()

@@ -1,0 +1,256 @@
+"""FusionSurvival's training: the stages, the closed-form fits and the alpha search.
+
+Closed-form parts (the ridge Cox start of the clinical linear term, the
+late-fusion FC, the chosen alpha) are fitted here and written into the network
+through its own setters (``set_clinical_linear``, ``set_late_weights``,
+``set_alpha``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from skorch.callbacks import EarlyStopping, LRScheduler
+from skorch.dataset import ValidSplit
+
+from fracsurv._base import survival_arrays
+from fracsurv.nn.base import IMAGE_INFERENCE_SCALE
+from fracsurv.survival._fusion_nets import FusionCoxLoss, FusionNet
+from fracsurv.survival.callbacks import ValidCIndex
+from fracsurv.survival.deepsurv import survival_target_tensor
+from fracsurv.survival.fusion.data import FusionImages
+from fracsurv.survival.loss import fit_ridge_cox
+
+__all__ = ["FitData", "FusionTrainingMixin"]
+
+_MIN_HEAD_EVENTS = 20  # held-out events needed to fit the late-fusion FC on them alone
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What the training steps of one ``fit`` read.
+
+    Attributes
+    ----------
+    ds : FusionImages
+        The training rows' streaming dataset (images, standardised clinical
+        inputs, targets).
+    X : DataFrame
+        The frame ``fit`` was given.
+    tab : ndarray of shape (n, p)
+        Its clinical matrix (not standardised).
+    y : structured ndarray
+        The survival target.
+    split_seed : int
+        Seed of the one inner validation split every stage uses.
+    """
+
+    ds: FusionImages
+    X: pd.DataFrame
+    tab: np.ndarray
+    y: np.ndarray
+    split_seed: int
+
+
+class FusionTrainingMixin:
+    """The methods of :class:`FusionSurvival` that build and train its network."""
+
+    def _build_module(self, alpha: float) -> FusionNet:
+        return FusionNet(self.fusion, self.backbone, self.n_channels_, self.input_shape_,
+                         len(self.tabular_columns_), self._hidden_units(), float(self.dropout),
+                         alpha, bool(self.linear_skip), aux_levels=int(self.aux_levels_),
+                         aux_per_crop=bool(self.aux_per_crop_),
+                         shared_crops=self.image_input == "crops" and self.crop_encoder == "shared",
+                         crop_pool=str(self.crop_pool), aux_risk=str(self.aux_risk))
+
+    def _callbacks(self, epochs: int) -> list[Any]:
+        cbs: list[Any] = []
+        if self.validation_fraction:
+            cbs.append(ValidCIndex())
+            if int(self.patience):
+                cbs.append(EarlyStopping(monitor="valid_cindex", lower_is_better=False,
+                                         patience=int(self.patience), load_best=True,
+                                         threshold=0.0, threshold_mode="abs"))
+        if self.scheduler == "cosine" and epochs > 1:
+            cbs.append(LRScheduler("CosineAnnealingLR", T_max=epochs,
+                                   eta_min=0.1 * float(self.lr)))
+        return cbs
+
+    def _train_stage(self, module: FusionNet, stage: str, frozen: tuple[str, ...],
+                     ds: FusionImages, split_seed: int) -> Any:
+        module.stage = stage
+        module.freeze(frozen)
+        epochs = int(self.max_epochs)
+        aux_w = float(self.aux_weight) if self.aux_column is not None else 0.0
+        net = self._make_net(module, FusionCoxLoss(self.ties, aux_w), n_train=len(ds),
+                             # early stopping on the validation C-index, in _callbacks
+                             callbacks=self._callbacks(epochs), early_stopping=False,
+                             iterator_kwargs={"num_workers": int(self.num_workers)})
+        if self.validation_fraction:
+            net.train_split = ValidSplit(float(self.validation_fraction), stratified=False,
+                                         random_state=split_seed)
+        ds.skip_images = stage == "tabular"
+        try:
+            self._fit_net(net, ds)
+        finally:
+            ds.skip_images = False
+        self.histories_.append({"stage": stage, "frozen": list(frozen),
+                                "history": net.history.to_list()})
+        return net
+
+    def _valid_rows(self, n: int, split_seed: int) -> np.ndarray:
+        """Row positions of the inner validation split (the same one skorch uses)."""
+        return self._split_rows(n, split_seed)[1]
+
+    def _split_rows(self, n: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) row positions of the inner split; all rows both
+        ways without one."""
+        if not self.validation_fraction:
+            return np.arange(n), np.arange(n)
+        train, valid = ValidSplit(float(self.validation_fraction), stratified=False,
+                                  random_state=split_seed)(np.arange(n))
+        return np.asarray(train.indices), np.asarray(valid.indices)
+
+    def _exact_clinical(self) -> bool:
+        """A linear clinical branch started at its exact fit needs no training stage."""
+        return self.linear_init == "cox" and not self._hidden_units()
+
+    def _init_clinical_linear(self, module: FusionNet, data: FitData) -> None:
+        """``linear_init="cox"``: start the clinical linear term at the ridge Cox fit.
+
+        Fitted on the training rows of the inner split (never the validation
+        rows), on the standardised inputs the branch sees; the branch's other
+        risk head is zeroed, so the clinical risk starts as exactly that
+        linear Cox model and an MLP only learns what it misses.
+        """
+        if self.linear_init != "cox" or module.clinical_linear() is None:
+            return
+        ds = data.ds
+        rows = self._split_rows(len(ds), data.split_seed)[0]
+        t = torch.as_tensor(survival_target_tensor(data.y, np.float64)[rows])
+        w = fit_ridge_cox(torch.as_tensor(ds.tabular[rows]), t[:, 0], t[:, 1], ties=self.ties)
+        module.set_clinical_linear(w)
+
+    def _seeded_module(self, alpha: float) -> FusionNet:
+        self._seed()
+        return self._build_module(alpha)
+
+    def _fit_stages(self, module: FusionNet, data: FitData) -> None:
+        ds, split_seed = data.ds, data.split_seed
+        self._init_clinical_linear(module, data)
+        parts = self._pretrain_parts()
+        for part in parts:  # each sub-model alone, on its own risk head
+            if part == "tabular" and self._exact_clinical():
+                self.histories_.append({"stage": "tabular", "frozen": [], "history": [],
+                                        "solver": "ridge Cox, full batch (linear_init='cox')"})
+                continue
+            others = tuple(p for p in ("image", "tabular", "fuse", "aux_head")
+                           if p != part and not (part == "image" and p == "aux_head"))
+            self._train_stage(module, part, others, ds, split_seed)
+        frozen = parts if self.freeze_pretrained else ()
+        if self.fusion == "late" and set(parts) == {"image", "tabular"}:
+            self.module_ = module
+            self._fit_late_head(module, data)
+            if self.freeze_pretrained:
+                module.stage = "fusion"
+                module.freeze(())
+                return
+        if set(frozen) >= {"image", "tabular"} and self.fusion == "alpha":
+            module.stage = "fusion"
+            module.freeze(())
+            self.module_ = module
+            return  # nothing left to train
+        self._train_stage(module, "fusion", tuple(frozen), ds, split_seed)
+        module.freeze(())
+
+    def _fit_late_head(self, module: FusionNet, data: FitData) -> None:
+        """Fit the late-fusion FC as a 2-covariate Cox model on the frozen sub-models' risks.
+
+        ``head_rows="validation"``: the risks are those of the inner
+        validation rows, which neither sub-model trained on (fitted on training
+        rows, the FC favours whichever sub-model overfits more), when they hold at
+        least 20 events; otherwise every row. ``"all"``: every row.
+        """
+        X, tab = data.X, data.tab
+        target = survival_target_tensor(data.y, np.float64)
+        rows = self._valid_rows(len(X), data.split_seed)
+        if self.head_rows == "all" or target[rows, 1].sum() < _MIN_HEAD_EVENTS:
+            rows = np.arange(len(X))
+        risks = torch.as_tensor(self._sub_risks(X.iloc[rows], tab[rows]), dtype=torch.float64)
+        scale = risks.std(0).clamp_min(1e-6)
+        t = torch.as_tensor(target[rows])
+        w = fit_ridge_cox((risks - risks.mean(0)) / scale, t[:, 0], t[:, 1], ties=self.ties)
+        module.set_late_weights(w / scale)
+
+    def _sub_risks(self, X: pd.DataFrame, tab: np.ndarray) -> np.ndarray:
+        ds = self._dataset(X, tab)
+        return self._batched(ds, lambda m, b: m.risks(**b)).reshape(-1, 2).astype(np.float64)
+
+    def _search_alpha(self, data: FitData) -> float:
+        """One model per alpha on the same inner split; keep the best validation C-index.
+
+        Returns the chosen alpha.
+        """
+        best: tuple[float, FusionNet, list[dict[str, Any]], float] | None = None
+        scores: dict[float, float] = {}
+        if not self.validation_fraction:
+            raise ValueError("alpha='search' needs an inner validation split "
+                             "(validation_fraction > 0)")
+        if set(self._pretrain_parts()) == {"image", "tabular"} and self.freeze_pretrained:
+            return self._search_alpha_frozen(data)
+        for a in [float(v) for v in self.alpha_grid]:
+            self.histories_ = []
+            module = self._seeded_module(a)
+            self._fit_stages(module, data)
+            hist = self.histories_[-1]["history"] if self.histories_ else []
+            vals = [h.get("valid_cindex") for h in hist if h.get("valid_cindex") is not None]
+            score = float(max(vals)) if vals else float("nan")
+            scores[a] = score
+            if best is None or (np.isfinite(score) and score > best[0]):
+                best = (score, module, self.histories_, a)
+        assert best is not None
+        self.module_ = best[1]
+        self.histories_ = best[2]
+        self.alpha_scores_ = scores
+        return best[3]
+
+    def _search_alpha_frozen(self, data: FitData) -> float:
+        """Alpha search over frozen pre-trained sub-models: they do not depend on alpha,
+        so they are trained once and every alpha is scored by the C-index of the same
+        risks (of the validation rows, or of every row with ``head_rows="all"``): one
+        training instead of one per grid value."""
+        from fracsurv.metrics import concordance_index
+
+        grid = [float(v) for v in self.alpha_grid]
+        self.histories_ = []
+        module = self._seeded_module(grid[0])
+        self._fit_stages(module, data)
+        X, tab, y = data.X, data.tab, data.y
+        rows = (np.arange(len(X)) if self.head_rows == "all"
+                else self._valid_rows(len(X), data.split_seed))
+        risks = self._sub_risks(X.iloc[rows], tab[rows])
+        has_events = bool(survival_arrays(y[rows])[0].any())
+        scores = {a: concordance_index(y[rows], a * risks[:, 0] + (1 - a) * risks[:, 1])
+                  if has_events else float("nan") for a in grid}
+        finite = {a: v for a, v in scores.items() if np.isfinite(v)}
+        best = max(finite, key=finite.get) if finite else grid[0]
+        module.set_alpha(best)
+        self.module_ = module
+        self.alpha_scores_ = scores
+        return best
+
+    # -- inference -------------------------------------------------------------
+    def _batched(self, ds: FusionImages, forward: Any) -> np.ndarray:
+        def batch(rows: range) -> dict[str, torch.Tensor]:
+            return {"image": torch.stack([ds.load(j) for j in rows]),
+                    "tabular": torch.from_numpy(ds.tabular[list(rows)])}
+
+        return self._predict_batches(len(ds), batch, scale=IMAGE_INFERENCE_SCALE, forward=forward)
+
+    def _raw_predict(self, X: pd.DataFrame, tab: np.ndarray) -> np.ndarray:
+        ds = self._dataset(X, tab)
+        return self._batched(ds, lambda m, b: m(**b)).reshape(-1).astype(np.float64)
