@@ -35,43 +35,43 @@ class Frame:
         return (np.asarray(p, dtype=float) - [self.left, self.top]) / self.mm
 
 
-def add_polygon(layer: np.ndarray, pts: np.ndarray, value: float) -> None:
-    """Add ``value`` inside the polygon ``pts`` (pixel x, y).
+def _box(pts: np.ndarray, shape: tuple[int, ...], pad_lo: float = 0.0, pad_hi: float = 1.0
+         ) -> tuple[int, int, int, int] | None:
+    """Pixel bounding box (x0, y0, x1, y1) of ``pts`` padded and clipped to ``shape``."""
+    x0, y0 = np.floor(pts.min(axis=0) - pad_lo).astype(int)
+    x1, y1 = np.ceil(pts.max(axis=0) + pad_hi).astype(int)
+    box = (max(x0, 0), max(y0, 0), min(x1, shape[1]), min(y1, shape[0]))
+    return box if box[0] < box[2] and box[1] < box[3] else None
 
-    Pillow's scan-line fill on the polygon's bounding box (scikit-image's
-    ``draw.polygon`` tests every pixel against every edge: 50x slower on long outlines).
+
+def _paint(layer: np.ndarray, polygons: list[tuple[np.ndarray, float]]) -> None:
+    """Fill polygons (pixel x, y) one after the other on one float canvas, then add it.
+
+    The canvas spans the first polygon; later ones overwrite what they cover. Pillow's
+    scan-line fill (scikit-image's ``draw.polygon`` tests every pixel against every
+    edge: 50x slower on long outlines).
     """
-    h, w = layer.shape
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 1
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if cx0 >= cx1 or cy0 >= cy1:
+    box = _box(polygons[0][0], layer.shape)
+    if box is None:
         return
-    mask = Image.new("1", (cx1 - cx0, cy1 - cy0), 0)
-    ImageDraw.Draw(mask).polygon((pts - [cx0, cy0]).ravel().tolist(), fill=1)
-    layer[cy0:cy1, cx0:cx1] += value * np.asarray(mask, dtype=np.float32)
+    x0, y0, x1, y1 = box
+    canvas = Image.new("F", (x1 - x0, y1 - y0), 0.0)
+    draw = ImageDraw.Draw(canvas)
+    for pts, value in polygons:
+        draw.polygon((pts - [x0, y0]).ravel().tolist(), fill=float(value))
+    layer[y0:y1, x0:x1] += np.asarray(canvas, dtype=np.float32)
+
+
+def add_polygon(layer: np.ndarray, pts: np.ndarray, value: float) -> None:
+    """Add ``value`` inside the polygon ``pts`` (pixel x, y)."""
+    _paint(layer, [(pts, value)])
 
 
 def add_shell(layer: np.ndarray, frame: Frame, outline_mm: np.ndarray, fill: float,
               rim: float, rim_mm: float) -> None:
-    """A bone with a cortical rim: ``fill`` inside, ``rim`` more within ``rim_mm`` of the edge.
-
-    One float canvas: the outline is filled with ``fill + rim``, then its inset overwritten
-    with ``fill``.
-    """
+    """A bone with a cortical rim: ``fill`` inside, ``rim`` more within ``rim_mm`` of the edge."""
     outer = frame.px(outline_mm)
-    inner = shrink(outer, rim_mm / frame.mm)
-    h, w = layer.shape
-    x0, y0 = np.floor(outer.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(outer.max(axis=0)).astype(int) + 1
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if cx0 >= cx1 or cy0 >= cy1:
-        return
-    canvas = Image.new("F", (cx1 - cx0, cy1 - cy0), 0.0)
-    draw = ImageDraw.Draw(canvas)
-    draw.polygon((outer - [cx0, cy0]).ravel().tolist(), fill=float(fill + rim))
-    draw.polygon((inner - [cx0, cy0]).ravel().tolist(), fill=float(fill))
-    layer[cy0:cy1, cx0:cx1] += np.asarray(canvas, dtype=np.float32)
+    _paint(layer, [(outer, fill + rim), (shrink(outer, rim_mm / frame.mm), fill)])
 
 
 def add_line(layer: np.ndarray, frame: Frame, a_mm: np.ndarray, b_mm: np.ndarray,
@@ -79,12 +79,10 @@ def add_line(layer: np.ndarray, frame: Frame, a_mm: np.ndarray, b_mm: np.ndarray
     """A thin dense streak; below one pixel wide its value is scaled to keep its mass."""
     w_px = width_mm / frame.mm
     a, b = frame.px(a_mm), frame.px(b_mm)
-    x0, y0 = np.floor(np.minimum(a, b) - w_px - 1).astype(int)
-    x1, y1 = np.ceil(np.maximum(a, b) + w_px + 2).astype(int)
-    h, w = layer.shape
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if cx0 >= cx1 or cy0 >= cy1:
+    box = _box(np.stack([a, b]), layer.shape, w_px + 1, w_px + 2)
+    if box is None:
         return
+    cx0, cy0, cx1, cy1 = box
     mask = Image.new("L", (cx1 - cx0, cy1 - cy0), 0)
     ImageDraw.Draw(mask).line([tuple(a - [cx0, cy0]), tuple(b - [cx0, cy0])], fill=255,
                               width=max(1, round(w_px)))
@@ -143,12 +141,10 @@ def add_body(layer: np.ndarray, frame: Frame, p: np.ndarray, *, width_mm: float,
     """
     mm = frame.mm
     q = frame.px(p)
-    h, w = layer.shape
-    x0, y0 = np.floor(q.min(axis=0) - 2).astype(int)
-    x1, y1 = np.ceil(q.max(axis=0) + 3).astype(int)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if cx0 >= cx1 or cy0 >= cy1:
+    box = _box(q, layer.shape, 2, 3)
+    if box is None:
         return
+    cx0, cy0, cx1, cy1 = box
     ys, xs = np.mgrid[cy0:cy1, cx0:cx1].astype(np.float32)
     X, Y = frame.left + xs * mm, frame.top + ys * mm
     _, d, depth, _ = body_frame(p)
