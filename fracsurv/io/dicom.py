@@ -100,84 +100,28 @@ def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
     DicomLoadError
         With a message that names the problem and contains no identifiers.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
+    # 1. header (never an identifier in the message)
+    ds = _read_header(path)
     try:
-        try:
-            ds = pydicom.dcmread(path)
-        except InvalidDicomError:
-            # Many real files lack the 128-byte preamble: read them anyway, but only
-            # accept the result if it looks like a DICOM dataset.
-            ds = pydicom.dcmread(path, force=True)
-            if not any(kw in ds for kw in ("SOPClassUID", "Modality", "PixelData", "Rows")):
-                raise InvalidDicomError("no DICOM elements") from None
-    except InvalidDicomError:
-        raise DicomLoadError("not a DICOM file (no DICOM preamble/header)") from None
-    except FileNotFoundError:
-        raise DicomLoadError("file not found") from None
-    except Exception as exc:  # truncated or corrupt header
-        raise DicomLoadError(f"unreadable DICOM header ({type(exc).__name__})") from None
-    try:
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            sop = ds.get("SOPClassUID")
-            kind = getattr(sop, "name", "unknown SOP class") if sop is not None else "no SOP class"
-            raise DicomLoadError(f"no pixel data: not an image object ({kind})")
-        for kw in ("BitsAllocated", "Rows", "Columns"):
-            if kw not in ds:
-                raise DicomLoadError(f"missing {kw}: cannot interpret the pixel data")
-        ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
-        try:
-            arr = ds.pixel_array
-        except NotImplementedError:
-            name = getattr(ts, "name", str(ts))
-            raise DicomLoadError(f"unsupported transfer syntax {name}: no decoder installed") from None
-        except Exception as exc:
-            raise DicomLoadError(redact(f"pixel data cannot be decoded ({type(exc).__name__}: "
-                                        f"{exc})", ds)) from None
+        # 2. pixel data present and decodable
+        arr = _pixel_array(ds)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-        samples = int(ds.get("SamplesPerPixel", 1))
         if frames > 1:
             arr = arr[0]  # documented choice: first frame
-        if samples == 3 or arr.ndim == 3:
+        # 3. grey values: luminance of colour images, else modality and VOI LUTs
+        if int(ds.get("SamplesPerPixel", 1)) == 3 or arr.ndim == 3:
             img = _luminance(arr.astype(np.float32))
         else:
-            img = apply_modality_lut(arr, ds)
-            if voi == "auto" and "VOILUTSequence" in ds and np.issubdtype(img.dtype, np.floating) \
-                    and np.all(np.mod(img, 1) == 0):
-                img = img.astype(np.int64)  # a VOI LUT lookup needs integer input
-            linear = str(ds.get("VOILUTFunction", "LINEAR")).upper() == "LINEAR"
-            if voi == "auto" and not exact_range and linear and "VOILUTSequence" not in ds \
-                    and "WindowCenter" in ds and "WindowWidth" in ds:
-                center, width = (float(v[0] if isinstance(v, list | tuple) or
-                                       getattr(v, "VM", 1) > 1 else v)
-                                 for v in (ds.WindowCenter, ds.WindowWidth))
-                img = _window(np.asarray(img, dtype=np.float32), center, width)
-            elif voi == "auto":
-                if "VOILUTSequence" in ds or "WindowCenter" in ds:
-                    img = apply_voi_lut(img, ds, index=0)
-            elif voi != "none":
-                center, width = voi
-                img = _window(img, float(center), float(width))
-            img = np.asarray(img, dtype=np.float32)
+            img = _apply_luts(arr, ds, voi, exact_range)
+            # 4. bone bright
             if photometric == "MONOCHROME1":
                 img = img.max() + img.min() - img
-        spacing = np.nan
-        for kw in ("PixelSpacing", "ImagerPixelSpacing"):
-            if kw in ds and ds[kw].value:
-                try:
-                    value = float(ds[kw].value[0])
-                except (TypeError, ValueError, IndexError):
-                    continue
-                if value > 0:
-                    spacing = value
-                    break
+        # 5. non-identifying metadata
         meta = {
             "modality": str(ds.get("Modality", "")),
             "photometric": photometric,
-            "spacing_mm": spacing,
+            "spacing_mm": _spacing(ds),
             "rows": int(ds.Rows),
             "cols": int(ds.Columns),
             "manufacturer": str(ds.get("Manufacturer", "")),
@@ -187,6 +131,85 @@ def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
         return img.astype(np.float32), meta
     except DicomLoadError as exc:
         raise DicomLoadError(redact(str(exc), ds)) from None
+
+
+def _read_header(path: str | Path) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        try:
+            return pydicom.dcmread(path)
+        except InvalidDicomError:
+            # Many real files lack the 128-byte preamble: read them anyway, but only
+            # accept the result if it looks like a DICOM dataset.
+            ds = pydicom.dcmread(path, force=True)
+            if not any(kw in ds for kw in ("SOPClassUID", "Modality", "PixelData", "Rows")):
+                raise InvalidDicomError("no DICOM elements") from None
+            return ds
+    except InvalidDicomError:
+        raise DicomLoadError("not a DICOM file (no DICOM preamble/header)") from None
+    except FileNotFoundError:
+        raise DicomLoadError("file not found") from None
+    except Exception as exc:  # truncated or corrupt header
+        raise DicomLoadError(f"unreadable DICOM header ({type(exc).__name__})") from None
+
+
+def _pixel_array(ds: Any) -> np.ndarray:
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        sop = ds.get("SOPClassUID")
+        kind = getattr(sop, "name", "unknown SOP class") if sop is not None else "no SOP class"
+        raise DicomLoadError(f"no pixel data: not an image object ({kind})")
+    for kw in ("BitsAllocated", "Rows", "Columns"):
+        if kw not in ds:
+            raise DicomLoadError(f"missing {kw}: cannot interpret the pixel data")
+    ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    try:
+        return ds.pixel_array
+    except NotImplementedError:
+        name = getattr(ts, "name", str(ts))
+        raise DicomLoadError(f"unsupported transfer syntax {name}: no decoder installed") from None
+    except Exception as exc:
+        raise DicomLoadError(redact(f"pixel data cannot be decoded ({type(exc).__name__}: "
+                                    f"{exc})", ds)) from None
+
+
+def _apply_luts(arr: np.ndarray, ds: Any, voi: str | tuple[float, float],
+                exact_range: bool) -> np.ndarray:
+    """Modality LUT, then the VOI the caller asked for (see :func:`decode_dicom`)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    img = apply_modality_lut(arr, ds)
+    if voi == "auto" and "VOILUTSequence" in ds and np.issubdtype(img.dtype, np.floating) \
+            and np.all(np.mod(img, 1) == 0):
+        img = img.astype(np.int64)  # a VOI LUT lookup needs integer input
+    linear = str(ds.get("VOILUTFunction", "LINEAR")).upper() == "LINEAR"
+    if voi == "auto" and not exact_range and linear and "VOILUTSequence" not in ds \
+            and "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = (float(v[0] if isinstance(v, list | tuple) or
+                               getattr(v, "VM", 1) > 1 else v)
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+        img = _window(np.asarray(img, dtype=np.float32), center, width)
+    elif voi == "auto":
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            img = apply_voi_lut(img, ds, index=0)
+    elif voi != "none":
+        center, width = voi
+        img = _window(img, float(center), float(width))
+    return np.asarray(img, dtype=np.float32)
+
+
+def _spacing(ds: Any) -> float:
+    """Pixel spacing (mm) from PixelSpacing or ImagerPixelSpacing; NaN when neither is usable."""
+    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+        if kw in ds and ds[kw].value:
+            try:
+                value = float(ds[kw].value[0])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if value > 0:
+                return value
+    return float("nan")
 
 
 def read_dicom(path: str | Path, voi: str | tuple[float, float] = "auto") -> np.ndarray:
