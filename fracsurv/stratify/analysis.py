@@ -121,37 +121,14 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
     -------
     CoxTables
         Tidy tables; :func:`format_cox_table` lays them out like the paper.
-        Unpacking gives ``(format_cox_table(tables), tables.models)``.
     """
-    if multivariable is not None:
-        if models is not None:
-            raise ValueError("give either models or multivariable, not both")
-        models = [list(m) for m in multivariable]
+    # 1. terms and models
     term_map = _normalise_terms(terms)
-    if models is None:
-        models = {"Multivariable": list(term_map)}
-    elif not isinstance(models, Mapping):
-        models = {f"Model {k}": list(m) for k, m in enumerate(models, 1)}
-    for name, m in models.items():
-        unknown = [t for t in m if t not in term_map]
-        if unknown:
-            raise ValueError(f"model {name!r} uses terms {unknown} that are not in terms")
+    models = _resolve_models(models, multivariable, term_map)
     references = dict(references or {})
-    columns = [c for cols in term_map.values() for c in cols]
-    missing = [c for c in columns if c not in X.columns]
-    if missing:
-        raise ValueError(f"X has no column(s) {missing}")
-    values = X[columns].apply(pd.to_numeric, errors="coerce").astype(float)
-    bad = np.argwhere(~np.isfinite(values.to_numpy()))
-    if bad.size:
-        r, c = bad[0]
-        raise ValueError(f"Cox covariate {columns[c]!r} is missing or non-numeric in "
-                         f"{row_label(X, int(r))}")
-    event, time = survival_arrays(y)
-    if len(time) != len(X):
-        raise ValueError(f"y has {len(time)} rows but X has {len(X)}")
-    df = values.assign(_T=time, _E=event.astype(int))
-
+    # 2. one numeric covariate frame and the target, on the same rows
+    df, event = _cox_frame(X, y, [c for cols in term_map.values() for c in cols])
+    # 3. every univariable and multivariable fit: HR rows and model rows
     specs = [(f"{t} (univariable)", "univariable", [t]) for t in term_map]
     specs += [(name, "multivariable", list(m)) for name, m in models.items()]
     hr_rows, model_rows, fits = [], {}, {}
@@ -177,6 +154,7 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
                             "p": lr.p_value, "log-likelihood": fit.log_likelihood_}
         fits[name] = (fit, set(cols))
 
+    # 4. likelihood-ratio tests between nested models
     comp = []
     for a, b in combinations(fits, 2):
         (fa, ca), (fb, cb) = fits[a], fits[b]
@@ -192,6 +170,43 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
                      "p": t.p_value})
     return CoxTables(pd.DataFrame(hr_rows), pd.DataFrame.from_dict(model_rows, orient="index"),
                      pd.DataFrame(comp, columns=["reduced", "full", "LR chi2", "df", "p"]))
+
+
+def _resolve_models(models: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | None,
+                    multivariable: Sequence[Sequence[str]] | None,
+                    term_map: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{model name: [term labels]}`` from either spelling, checked against the terms."""
+    if multivariable is not None:
+        if models is not None:
+            raise ValueError("give either models or multivariable, not both")
+        models = [list(m) for m in multivariable]
+    if models is None:
+        models = {"Multivariable": list(term_map)}
+    elif not isinstance(models, Mapping):
+        models = {f"Model {k}": list(m) for k, m in enumerate(models, 1)}
+    for name, m in models.items():
+        unknown = [t for t in m if t not in term_map]
+        if unknown:
+            raise ValueError(f"model {name!r} uses terms {unknown} that are not in terms")
+    return {name: list(m) for name, m in models.items()}
+
+
+def _cox_frame(X: pd.DataFrame, y: np.ndarray, columns: list[str]
+               ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Numeric covariates plus ``_T``/``_E``; errors name the column and the row."""
+    missing = [c for c in columns if c not in X.columns]
+    if missing:
+        raise ValueError(f"X has no column(s) {missing}")
+    values = X[columns].apply(pd.to_numeric, errors="coerce").astype(float)
+    bad = np.argwhere(~np.isfinite(values.to_numpy()))
+    if bad.size:
+        r, c = bad[0]
+        raise ValueError(f"Cox covariate {columns[c]!r} is missing or non-numeric in "
+                         f"{row_label(X, int(r))}")
+    event, time = survival_arrays(y)
+    if len(time) != len(X):
+        raise ValueError(f"y has {len(time)} rows but X has {len(X)}")
+    return values.assign(_T=time, _E=event.astype(int)), event
 
 
 def _fmt_p(p: float) -> str:
