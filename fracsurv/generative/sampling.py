@@ -68,17 +68,13 @@ class DiffXSamplingMixin:
         array ``(n_patients, n_horizons, n_seeds, H, W)`` in [0, 1]; see
         :meth:`generate` for the other parameters.
         """
+        # 1. check inputs
         check_is_fitted(self, "module_")
         seeds = list(range(int(self.n_seeds))) if seeds is None else list(seeds)
         inject = self.inject if inject is None else bool(inject)
         imgs = [load_image(im) for im in images]
-        n_h = {len(h) for h in horizons}
-        if len(n_h) != 1 or len(horizons) != len(imgs):
-            raise ValueError("generate_many needs one horizon list per image, all of one length")
-        shapes = {tuple(self.output_shape or im.shape[-2:]) for im in imgs}
-        if len(shapes) != 1:
-            raise ValueError(f"baselines of different shapes {sorted(shapes)}: set output_shape")
-        out_shape, n_h = shapes.pop(), n_h.pop()
+        out_shape, n_h = self._check_batch(imgs, horizons)
+        # 2. schedule, prompts (one per patient x horizon x seed), seeded generators, hooks
         m, device = self.module_.to(self._device()), self._device()
         ddim, _ = make_schedulers(self.n_train_timesteps)
         ddim.set_timesteps(int(self.n_inference_steps))
@@ -91,8 +87,11 @@ class DiffXSamplingMixin:
         injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
                                    int(self.injection_layer), repeats=k)
         with torch.inference_mode(), self._autocast(device):
+            # 3. invert the baselines (DDIM, cached) and encode the prompts with a null prompt
             z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
             enc2 = torch.cat([m.text2.null_embedding(len(prompts)), m.text2(prompts)])
+            # 4. denoise: LDM-1 reconstructs the baseline and records its features, LDM-2
+            #    generates every future with those features injected (Plug-and-Play), CFG
             z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
             with injector:
                 for i, t in enumerate(ddim.timesteps):
@@ -107,11 +106,23 @@ class DiffXSamplingMixin:
                     noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
                     noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
                     z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
+            # 5. decode in chunks, resize to the output shape
             x = torch.cat([m.decode(z2[j:j + 64]).float() for j in range(0, len(z2), 64)])
         x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
         arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
                                                                  *out_shape)
         return (arr, injector) if return_injector else arr
+
+    def _check_batch(self, imgs: list[np.ndarray], horizons: Sequence[Sequence[float]]
+                     ) -> tuple[tuple[int, int], int]:
+        """Output shape and horizons per patient; one horizon list per image, one shape."""
+        n_h = {len(h) for h in horizons}
+        if len(n_h) != 1 or len(horizons) != len(imgs):
+            raise ValueError("generate_many needs one horizon list per image, all of one length")
+        shapes = {tuple(self.output_shape or im.shape[-2:]) for im in imgs}
+        if len(shapes) != 1:
+            raise ValueError(f"baselines of different shapes {sorted(shapes)}: set output_shape")
+        return shapes.pop(), n_h.pop()
 
     def generate(self, image: Any, age: float, sex: Any, horizons: Sequence[float],
                  seeds: Sequence[int] | None = None, inject: bool | None = None,
