@@ -30,15 +30,14 @@ on the clinical columns plus the cohort's *true* fracture count and SDI: what a
 perfect image branch could add (and the true count and SDI alone: what a perfect
 image-only model could reach).
 
-Run: ``python benchmarks/fusion.py [--preset cpu|full] [--variants a,b,...]``.
-``--update`` reruns only ``--variants`` and keeps the other rows of the preset's
-existing JSON (same cohort, splits and seeds), recording which rows were rerun.
+Run: ``python benchmarks/fusion.py [--preset cpu|full] [--variants a,b,...] [--out F]``.
+One run writes one JSON with only the rows it measured; a rerun of some variants
+goes to its own file (``--out``) and includes the rows it is compared with.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -168,8 +167,6 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--update", action="store_true",
-                    help="keep the rows of the existing JSON that --variants does not rerun")
     args = ap.parse_args()
     cfg = dict(PRESETS[args.preset])
     if args.n_patients:
@@ -211,12 +208,6 @@ def main() -> None:
                    "holdout": {"c_index": concordance_index(y[hold], oracle[hold])}}}
     name = f"fusion_{args.preset.replace('-', '_')}"
     path = Path(args.out) if args.out else RESULTS / f"{name}.json"
-    previous = json.loads(path.read_text()) if args.update and path.exists() else None
-    if previous is not None:
-        if previous["table"]["oracle"]["holdout"] != table["oracle"]["holdout"]:
-            raise SystemExit(f"{path} was measured on another cohort or split; rerun it whole")
-        kept = {k: v for k, v in previous["table"].items() if k not in (*variants, "oracle")}
-        table.update(kept)
     for variant in variants:
         fold_metrics, fit_s = [], []
         for tr, te in [*splits, (rest, hold)]:
@@ -266,12 +257,6 @@ def main() -> None:
               f"{gain:+.3f} (CV spread {spread:.3f}; paired fold differences "
               f"{np.round(diff, 3).tolist()})")
     timings = {"cohort": t_data, "total": time.perf_counter() - t0}
-    updates = None
-    if previous is not None:  # the rows kept were measured with the previous settings
-        updates = [*previous.get("updates", []),
-                   {"rows_rerun": variants, "timings_s": timings,
-                    "settings_of_the_rows_kept": previous["settings"]}]
-        timings = previous["timings_s"]
     write_json(name, {
         "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                      "reference_rows": list(REFERENCE),
@@ -282,7 +267,6 @@ def main() -> None:
                                 "IPCW Brier over 8 times from the 10th to the 80th percentile of "
                                 "the test event times"},
         "timings_s": timings, "table": table, "targets": targets,
-        **({"updates": updates} if updates else {}),
     }, path)
 
 
