@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEPRECATED", "FrameTransformerMixin", "appended_feature_names", "check_features",
+__all__ = ["DEPRECATED", "FrameTransformerMixin", "append_columns", "appended_feature_names",
+           "check_features",
            "check_survival_y", "derive_seed", "renamed_param", "row_label", "survival_arrays"]
 
 
@@ -24,6 +25,20 @@ def appended_feature_names(names: Any, added: Any) -> np.ndarray:
     """
     added = list(added)
     return np.asarray([*[c for c in names if c not in added], *added], dtype=object)
+
+
+def append_columns(X: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
+    """``X`` less any old copies of ``columns``, then ``columns`` in order.
+
+    The one way fracsurv's frame transformers add their outputs, so that their
+    ``get_feature_names_out`` is :func:`appended_feature_names` of the same names.
+    A list becomes an object column indexed like ``X`` (one cell per row, whatever
+    it holds); a Series, Categorical or array is assigned as it is.
+    """
+    out = X.drop(columns=[c for c in columns if c in X.columns])
+    for name, values in columns.items():
+        out[name] = pd.Series(values, index=X.index, dtype=object) if isinstance(values, list) else values
+    return out
 
 
 #: Default of a renamed parameter's former name: "not given".

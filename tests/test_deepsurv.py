@@ -115,6 +115,9 @@ def test_learns_on_real_data(gbsg):
     model.fit(X.iloc[tr], y[tr])
     assert model.score(X.iloc[te], y[te]) > 0.62  # CoxPH reaches about .68 on GBSG2
     assert len(model.net_.history) <= 60
+    # the validation split's C (the fusion model's selection metric) is recorded per epoch
+    c = model.net_.history[:, "valid_cindex"]
+    assert len(c) == len(model.net_.history) and 0.5 < max(c) < 1.0 and len(set(c)) > 1
 
 
 def test_reproducible(whas):

@@ -35,7 +35,13 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from fracsurv._base import FrameTransformerMixin, renamed_param, row_label
+from fracsurv._base import (
+    FrameTransformerMixin,
+    append_columns,
+    appended_feature_names,
+    renamed_param,
+    row_label,
+)
 from fracsurv.generative.nets import DiffXModule, make_schedulers
 from fracsurv.generative.objectives import AELoss, AEObjective, EpsLoss, EpsObjective
 from fracsurv.generative.prompts import format_prompt, tokenize
@@ -418,16 +424,13 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
                 flush(key)
         for key in list(pending):
             flush(key)
-        out = X.copy()
-        out["future_images"] = pd.Series(futures, index=X.index, dtype=object)
-        out["future_horizons"] = pd.Series(horizons, index=X.index, dtype=object)
-        return out
+        return append_columns(X, {"future_images": list(futures), "future_horizons": list(horizons)})
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus ``future_images`` and ``future_horizons``."""
         check_is_fitted(self, "module_")
         names = list(self.feature_names_in_ if input_features is None else input_features)
-        return np.asarray([*names, "future_images", "future_horizons"], dtype=object)
+        return appended_feature_names(names, ["future_images", "future_horizons"])
 
     # -- persistence ---------------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -85,20 +85,26 @@ class RandSaltPepper(_monai_randomizable()):  # type: ignore[misc]
         return out
 
 
-def make_augmenter(kind: str, random_state: Any = None, *, max_degrees: float = 15.0) -> Any:
-    """The study's MONAI augmentation for ``kind`` ``"image"`` or ``"crops"``.
+def make_augmenter(kind: str, random_state: Any = None, *, max_degrees: float = 15.0,
+                   shape: tuple[int, int] | None = None) -> Any:
+    """The MONAI augmentation for ``kind`` ``"image"``, ``"crops"`` or ``"affine"``.
 
     Parameters
     ----------
-    kind : {"image", "crops"}
-        ``"image"``: salt-and-pepper dropout, rotation within +-``max_degrees``
-        (zeros fill the corners; pad the image with :func:`rotation_padded_shape`
-        first so nothing is cut), vertical flip. ``"crops"``: vertical and
-        horizontal flips, zoom 0.9-1.1, Gaussian noise, contrast (gamma).
+    kind : {"image", "crops", "affine"}
+        ``"image"`` (the Diff-X study's): salt-and-pepper dropout, rotation within
+        +-``max_degrees`` (zeros fill the corners; pad the image with
+        :func:`rotation_padded_shape` first so nothing is cut), vertical flip.
+        ``"crops"`` (the multimodal study's): vertical and horizontal flips, zoom
+        0.9-1.1, Gaussian noise, contrast (gamma). ``"affine"`` (the pVF scorer's):
+        a small random affine (rotation +-0.12 rad, scale +-8 %, shift +-3 % of
+        ``shape``), contrast (gamma) and Gaussian noise.
     random_state : int, RandomState or None
         Seed of the pipeline (reproducible augmentation).
     max_degrees : float
         Rotation range for full images.
+    shape : (int, int), optional
+        Input (H, W); needed by ``"affine"`` (its shift range is in pixels).
 
     Returns
     -------
@@ -108,6 +114,7 @@ def make_augmenter(kind: str, random_state: Any = None, *, max_degrees: float = 
     from monai.transforms import (
         Compose,
         RandAdjustContrast,
+        RandAffine,
         RandFlip,
         RandGaussianNoise,
         RandRotate,
@@ -129,8 +136,18 @@ def make_augmenter(kind: str, random_state: Any = None, *, max_degrees: float = 
             RandGaussianNoise(prob=0.3, std=0.02),
             RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
         ])
+    elif kind == "affine":
+        if shape is None:
+            raise ValueError("make_augmenter('affine') needs the input shape")
+        h, w = (int(v) for v in shape)
+        aug = Compose([
+            RandAffine(prob=0.7, rotate_range=0.12, scale_range=0.08,
+                       translate_range=(0.03 * h, 0.03 * w), padding_mode="zeros"),
+            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
+            RandGaussianNoise(prob=0.3, std=0.02),
+        ])
     else:
-        raise ValueError(f"kind must be 'image' or 'crops', got {kind!r}")
+        raise ValueError(f"kind must be 'image', 'crops' or 'affine', got {kind!r}")
     if random_state is not None:
         seed = random_state if isinstance(random_state, int) else derive_seed(random_state)
         aug.set_random_state(seed=seed)

@@ -204,6 +204,7 @@ class TorchEstimatorMixin:
         dataset_kwargs: dict[str, Any] | None = None,
         iterator_kwargs: dict[str, Any] | None = None,
         early_stopping: bool = True,
+        batch_size: int | None = None,
     ) -> _Net:
         """Build the skorch net from the estimator's hyper-parameters.
 
@@ -225,6 +226,9 @@ class TorchEstimatorMixin:
         early_stopping : bool, default=True
             Stop on the validation loss after ``patience`` epochs; ``False`` for an
             estimator that stops on another metric through its own callback.
+        batch_size : int, optional
+            Overrides the ``batch_size`` parameter (a second network of the same
+            estimator that trains on smaller samples).
         """
         hp = self._training_settings()
         opt_cls, opt_kwargs = self._optimizer_spec(hp)
@@ -239,7 +243,7 @@ class TorchEstimatorMixin:
         if verbose >= 2:
             cbs.append(("progress_bar", ProgressBar()))
         cbs.extend((f"extra_{i}", cb) for i, cb in enumerate(callbacks))
-        batch_size = -1 if full_batch else int(hp["batch_size"])
+        batch_size = -1 if full_batch else int(batch_size or hp["batch_size"])
         rs = self.random_state
         kwargs: dict[str, Any] = {
             "module": module,
@@ -267,7 +271,7 @@ class TorchEstimatorMixin:
         return _Net(**kwargs)
 
     def _fit_net(self, net: _Net, X: Any, y: Any = None) -> _Net:
-        """Seed, then fit ``net``; keeps ``net_``, ``module_`` and ``history_``."""
+        """Seed, then fit ``net``; keeps ``net_`` and ``module_`` (the history is ``net_.history``)."""
         self._seed()
         net.fit(X, y)
         self.net_ = net

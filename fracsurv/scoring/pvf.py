@@ -22,7 +22,13 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import appended_feature_names, derive_seed, renamed_param, row_label
+from fracsurv._base import (
+    append_columns,
+    appended_feature_names,
+    derive_seed,
+    renamed_param,
+    row_label,
+)
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import BACKBONES, default_cam_layer
@@ -226,21 +232,14 @@ patience, device, precision, random_state, verbose
         rows = [row_label(X, p) for p, _ in where]
         return ImageDataset(items, rows=rows, shape=tuple(int(s) for s in self.input_shape), **kwargs)
 
-    def _augmenter(self):
+    def _augmenter(self) -> Any:
         if not self.augment:
             return None
-        from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandGaussianNoise
+        from fracsurv.nn.augment import make_augmenter
 
-        h, w = (int(s) for s in self.input_shape)
-        aug = Compose([
-            RandAffine(prob=0.7, rotate_range=0.12, scale_range=0.08,
-                       translate_range=(0.03 * h, 0.03 * w), padding_mode="zeros"),
-            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
-            RandGaussianNoise(prob=0.3, std=0.02),
-        ])
         rs = self.random_state
-        aug.set_random_state(seed=derive_seed(rs) if rs is not None else None)
-        return aug
+        return make_augmenter("affine", derive_seed(rs) if rs is not None else None,
+                              shape=tuple(int(s) for s in self.input_shape))
 
     # -- fitting ---------------------------------------------------------
     def fit(self, X: pd.DataFrame, y: Any = None) -> PVFScorer:
@@ -349,11 +348,7 @@ patience, device, precision, random_state, verbose
             X's other columns unchanged, then the two new columns.
         """
         score, sd = self.score_cells(X)
-        extra = [self.output_column, f"{self.output_column}_sd"]
-        out = X.drop(columns=[c for c in extra if c in X.columns])
-        out[extra[0]] = score
-        out[extra[1]] = sd
-        return out
+        return append_columns(X, {self.output_column: score, f"{self.output_column}_sd": sd})
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """(n, 2) probabilities of no fracture / fracture (aggregated per row)."""

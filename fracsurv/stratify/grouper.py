@@ -11,7 +11,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
 
-from fracsurv._base import appended_feature_names, check_survival_y, row_label, survival_arrays
+from fracsurv._base import (
+    append_columns,
+    appended_feature_names,
+    check_survival_y,
+    row_label,
+    survival_arrays,
+)
 from fracsurv.stratify.cutpoint import maxstat_cutpoint
 
 __all__ = ["ADDED_COLUMNS", "GROUPS", "HIGH_RISK_GROUPS", "RiskGrouper"]
@@ -208,11 +214,8 @@ class RiskGrouper(TransformerMixin, BaseEstimator):
         codes = groups.cat.codes.to_numpy()
         if not isinstance(X, pd.DataFrame):
             return np.column_stack([X, codes, codes == 1, codes == 2]).astype(float)
-        out = X.drop(columns=[c for c in ADDED_COLUMNS if c in X.columns])
-        out["risk_group"] = groups
-        out["risk_LH"] = (codes == 1).astype(int)
-        out["risk_HIGH"] = (codes == 2).astype(int)
-        return out
+        return append_columns(X, {"risk_group": groups, "risk_LH": (codes == 1).astype(int),
+                                  "risk_HIGH": (codes == 2).astype(int)})
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns (less any old risk columns) plus ``risk_group``, ``risk_LH``, ``risk_HIGH``."""

@@ -16,6 +16,7 @@ from fracsurv._base import check_features, check_survival_y, survival_arrays
 from fracsurv.nn.base import TABULAR_INFERENCE_SCALE, TorchEstimatorMixin
 from fracsurv.nn.mlp import ACTIVATIONS, make_mlp
 from fracsurv.survival._mixin import BreslowSurvivalMixin
+from fracsurv.survival.callbacks import ValidCIndex
 from fracsurv.survival.loss import CoxLoss, ridge_penalty
 
 __all__ = ["DeepSurvRegressor", "survival_target_tensor"]
@@ -187,7 +188,10 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         criterion = CoxLoss(ties=self.ties)
         if self._is_lbfgs() and self.weight_decay:
             criterion = _RidgeCox(criterion, module, float(self.weight_decay))
-        net = self._make_net(module, criterion, n_train=len(Xs), valid_batch_size=-1)
+        # the validation split's Harrell C is recorded beside its Cox loss (net_.history),
+        # by the callback FusionSurvival selects its epochs with
+        net = self._make_net(module, criterion, n_train=len(Xs), valid_batch_size=-1,
+                             callbacks=[ValidCIndex()])
         self._fit_net(net, Xs, target)
         self._fit_baseline(self._raw_predict(Xs), y)
         return self

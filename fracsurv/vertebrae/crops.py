@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import FrameTransformerMixin, row_label
+from fracsurv._base import FrameTransformerMixin, append_columns, row_label
 from fracsurv.io.refs import ImageCache, hash_parts, load_image
 from fracsurv.vertebrae.genant import grade_vertebrae
 
@@ -262,9 +262,8 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
                 stack = cache.put(stack, hash_parts(stack, "crops"))
             stacks.append(stack)
             counts.append(len(kps))
-        out = X.copy()
-        out[self.output_column] = pd.Series(stacks, index=X.index, dtype=object)
-        out["n_vertebrae_cropped"] = counts
+        added: dict[str, Any] = {self.output_column: stacks,
+                                 "n_vertebrae_cropped": np.asarray(counts, int)}
         if self.grades_column is not None:
-            out[self.grades_column] = pd.Series(grades, index=X.index, dtype=object)
-        return out
+            added[self.grades_column] = grades
+        return append_columns(X, added)
