@@ -8,7 +8,7 @@ metrics on the hold-out from a model refitted on the 90 %. The oracle C-index
 
 * Cox PH and DeepSurv on the clinical columns (the clinical-only baselines);
 * C-DS (ConvDeepSurv) on the full radiograph and on the 13-crop stack:
-  image-only, intermediate, late and alpha fusion (alpha searched on a grid);
+  image-only, intermediate, late and alpha fusion (clinical weight searched on a grid);
 * ViT-DS on the crops: intermediate and alpha fusion.
 
 ``--preset cpu`` (default) is the reduced configuration sized for 2 CPU cores
@@ -50,17 +50,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"n_patients": 500, "image_shape": (128, 64), "crop_size": (24, 24),
             "image_input_shape": (96, 48), "backbone": "resnet10-tiny", "epochs": 12,
             "batch_size": 32, "lr": 2e-3, "patience": 0, "validation_fraction": 0.15,
-            "alpha_grid": (0.4, 0.6, 0.8),
+            "clinical_weight_grid": (0.4, 0.6, 0.8),
             # measured before linear_init existed: this reproduces fusion_cpu.json
             "fusion_kwargs": {"linear_init": "random"}},
     "full": {"n_patients": 2000, "image_shape": (512, 256), "crop_size": "auto",
              "image_input_shape": (512, 256), "backbone": "resnet50", "epochs": 60,
              "batch_size": 32, "lr": 1e-4, "patience": 15, "validation_fraction": 0.15,
-             "alpha_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
+             "clinical_weight_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
     "cpu-crops": {"n_patients": 1000, "image_shape": (512, 256), "crop_size": (32, 32),
                   "crop_resize": "fill", "crop_encoder": "shared", "aux_column": "prevalent_vf",
                   "backbone": "resnet10-tiny", "epochs": 12, "batch_size": 32, "lr": 2e-3,
-                  "patience": 0, "validation_fraction": 0.15, "alpha_grid": (0.4, 0.6, 0.8),
+                  "patience": 0, "validation_fraction": 0.15,
+                  "clinical_weight_grid": (0.4, 0.6, 0.8),
                   "fusion_kwargs": {"linear_init": "random"},  # as fusion_cpu_crops.json
                   "variants": ("coxph", "deepsurv", "cds_image_only_crops",
                                "cds_intermediate_crops", "cds_late_crops", "cds_alpha_crops")},
@@ -68,7 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "n_crops": 18, "crop_resize": "fill", "crop_encoder": "shared",
                    "aux_column": "crop_grades", "backbone": "resnet10-tiny", "epochs": 20,
                    "batch_size": 16, "lr": 1e-3, "patience": 0, "validation_fraction": 0.15,
-                   "alpha_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                   "clinical_weight_grid": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                    "fusion_kwargs": {"aux_risk": "only", "aux_weight": 1.0, "augment": False,
                                      "clinical_hidden_units": (), "head_rows": "all"},
                    "alpha_kwargs": {"pretrain": "both"},
@@ -110,8 +111,8 @@ def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, s
               "device": device, "random_state": seed}
     common.update(cfg.get("fusion_kwargs", {}))
     if fusion == "alpha":
-        common["alpha"] = "search"
-        common["alpha_grid"] = tuple(cfg["alpha_grid"])
+        common["clinical_weight"] = "search"
+        common["clinical_weight_grid"] = tuple(cfg["clinical_weight_grid"])
         common.update(cfg.get("alpha_kwargs", {}))
     extra: list[str] = []
     if image_input == "full":
@@ -219,8 +220,8 @@ def main() -> None:
             fold_metrics.append(_metrics(model, Xtr, y[tr], Xte, y[te]))
         row = {**_summary(fold_metrics[:-1]), "holdout": fold_metrics[-1],
                "folds": fold_metrics[:-1], "fit_seconds_mean": float(np.mean(fit_s))}
-        if getattr(model, "alpha_", None) is not None:
-            row["alpha_holdout_model"] = model.alpha_
+        if getattr(model, "clinical_weight_", None) is not None:
+            row["clinical_weight_holdout_model"] = model.clinical_weight_
         table[variant] = row
         print(f"{variant:28s} C {row['c_index_mean']:.3f} ± {row['c_index_sd']:.3f}  "
               f"AUC {row['auc_mean']:.3f}  IBS {row['brier_mean']:.3f}  "

@@ -14,7 +14,8 @@ import pandas as pd
 
 __all__ = ["DEPRECATED", "FrameTransformerMixin", "append_columns", "appended_feature_names",
            "check_features",
-           "check_survival_y", "derive_seed", "renamed_param", "row_label", "survival_arrays"]
+           "check_survival_y", "derive_seed", "renamed_attribute", "renamed_param", "row_label",
+           "survival_arrays"]
 
 
 def appended_feature_names(names: Any, added: Any) -> np.ndarray:
@@ -59,6 +60,33 @@ def renamed_param(est: Any, new: str, old: str, *, warn: bool = False) -> Any:
         warnings.warn(f"{type(est).__name__}'s {old!r} is deprecated and will be removed in a "
                       f"future version; use {new!r}", FutureWarning, stacklevel=3)
     return value
+
+
+class renamed_attribute:
+    """A deprecated, read-only former name of fitted attribute ``new``.
+
+    ``alpha_ = renamed_attribute("clinical_weight_")`` in a class body: reading
+    ``est.alpha_`` warns with a ``FutureWarning`` naming the new attribute and
+    returns its value (an unfitted estimator has neither: ``AttributeError``).
+    """
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+        self.old = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = getattr(obj, self.new)
+        warnings.warn(f"{type(obj).__name__}'s {self.old!r} is deprecated and will be removed "
+                      f"in a future version; use {self.new!r}", FutureWarning, stacklevel=2)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{self.old!r} is a read-only deprecated alias of {self.new!r}")
 
 
 def derive_seed(random_state: Any) -> int:

@@ -70,7 +70,8 @@ def fitted(data):
     for fusion in ("intermediate", "late", "alpha", "image_only"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out[fusion] = FusionSurvival(image_input="crops", fusion=fusion, alpha=0.5,
+            out[fusion] = FusionSurvival(image_input="crops", fusion=fusion,
+                                         clinical_weight=0.5,
                                          **{**FAST, "max_epochs": 20,
                                             **extra.get(fusion, {})}).fit(X, y)
     return out
@@ -112,7 +113,7 @@ def test_alpha_model_is_the_weighted_sum_of_sub_model_risks(data, fitted):
     r = est.sub_model_risks(Xt)
     np.testing.assert_allclose(est.predict(Xt), 0.5 * r["risk_clinical"] + 0.5 * r["risk_image"],
                                rtol=1e-4, atol=1e-5)
-    assert est.alpha_ == pytest.approx(0.5)
+    assert est.clinical_weight_ == pytest.approx(0.5)
 
 
 def test_late_fusion_is_a_linear_head_on_frozen_sub_models(data, fitted):
@@ -140,7 +141,7 @@ class _SnapshotBeforeFusion(FusionSurvival):
 @pytest.mark.parametrize("freeze", [True, False])
 def test_pretrained_tabular_branch_frozen_or_fine_tuned(data, freeze):
     (X, y, _), _ = data
-    est = _SnapshotBeforeFusion(image_input="crops", fusion="alpha", alpha=0.5,
+    est = _SnapshotBeforeFusion(image_input="crops", fusion="alpha", clinical_weight=0.5,
                                 pretrain="tabular", freeze_pretrained=freeze,
                                 **{**FAST, "max_epochs": 3})
     est.fit(X, y)
@@ -154,14 +155,42 @@ def test_pretrained_tabular_branch_frozen_or_fine_tuned(data, freeze):
 
 def test_alpha_search_picks_from_the_grid(data):
     (X, y, _), _ = data
-    est = FusionSurvival(image_input="crops", fusion="alpha", alpha="search",
-                         alpha_grid=(0.2, 0.9), **{**FAST, "max_epochs": 4,
-                                                    "validation_fraction": 0.3, "patience": 0})
+    est = FusionSurvival(image_input="crops", fusion="alpha", clinical_weight="search",
+                         clinical_weight_grid=(0.2, 0.9),
+                         **{**FAST, "max_epochs": 4, "validation_fraction": 0.3, "patience": 0})
     est.fit(X, y)
-    assert set(est.alpha_scores_) == {0.2, 0.9}
-    assert est.alpha_ == max(est.alpha_scores_, key=est.alpha_scores_.get)
-    assert float(est.module_.alpha) == pytest.approx(est.alpha_)
-    assert all(0.0 <= v <= 1.0 for v in est.alpha_scores_.values())
+    assert set(est.clinical_weight_scores_) == {0.2, 0.9}
+    scores = est.clinical_weight_scores_
+    assert est.clinical_weight_ == max(scores, key=scores.get)
+    assert float(est.module_.alpha) == pytest.approx(est.clinical_weight_)
+    assert all(0.0 <= v <= 1.0 for v in est.clinical_weight_scores_.values())
+
+
+def test_alpha_names_are_deprecated_for_clinical_weight(data):
+    """The former names alpha / alpha_grid still work, warn at fit, and fit the same model;
+    alpha_ / alpha_scores_ read the new attributes (with a warning)."""
+    (X, y, _), (Xt, _, _) = data
+    kw = {**FAST, "max_epochs": 2, "validation_fraction": 0.3, "patience": 0}
+    new = FusionSurvival(image_input="crops", fusion="alpha", clinical_weight="search",
+                         clinical_weight_grid=(0.2, 0.9), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the new names do not warn
+        new.fit(X, y)
+    old = FusionSurvival(image_input="crops", fusion="alpha", alpha="search",
+                         alpha_grid=(0.2, 0.9), **kw)
+    with pytest.warns(FutureWarning, match="'alpha' is deprecated.*'clinical_weight'"), \
+            pytest.warns(FutureWarning, match="'alpha_grid' is deprecated.*'clinical_weight_grid'"):
+        old.fit(X, y)
+    assert old.clinical_weight_ == new.clinical_weight_
+    assert old.clinical_weight_scores_ == new.clinical_weight_scores_
+    np.testing.assert_allclose(old.predict(Xt), new.predict(Xt), rtol=1e-6, atol=1e-6)
+    with pytest.warns(FutureWarning, match="'alpha_' is deprecated.*'clinical_weight_'"):
+        assert old.alpha_ == old.clinical_weight_
+    with pytest.warns(FutureWarning, match="'alpha_scores_' is deprecated"):
+        assert old.alpha_scores_ == old.clinical_weight_scores_
+    with pytest.raises(AttributeError):
+        old.alpha_ = 0.3
+    assert not hasattr(FusionSurvival(), "alpha_")  # unfitted: neither name exists
 
 
 def test_early_stopping_on_validation_cindex(data):
@@ -204,11 +233,12 @@ def test_clone_gridsearch_and_pipeline(data):
     est = FusionSurvival(image_input="crops", fusion="alpha", **{**FAST, "max_epochs": 3})
     c = clone(est)
     assert c.get_params() == est.get_params() and not hasattr(c, "module_")
-    gs = GridSearchCV(est, {"alpha": [0.2, 0.8]}, cv=KFold(2, shuffle=True, random_state=0))
+    gs = GridSearchCV(est, {"clinical_weight": [0.2, 0.8]},
+                      cv=KFold(2, shuffle=True, random_state=0))
     gs.fit(X, y)
-    assert gs.best_params_["alpha"] in (0.2, 0.8)
+    assert gs.best_params_["clinical_weight"] in (0.2, 0.8)
     assert np.isfinite(gs.cv_results_["mean_test_score"]).all()
-    assert gs.best_estimator_.alpha_ == gs.best_params_["alpha"]
+    assert gs.best_estimator_.clinical_weight_ == gs.best_params_["clinical_weight"]
 
 
 def test_pipeline_with_crop_stacker_on_synthetic_spines():
@@ -260,6 +290,28 @@ def test_late_weights_survive_save_load(fitted, tmp_path):
     assert load_model(tmp_path / "inter").late_weights_ is None
 
 
+def test_model_saved_with_the_alpha_names_loads(data, fitted, tmp_path):
+    """config.json of a model saved before the rename: params alpha / alpha_grid,
+    meta keys "alpha" and "alpha_scores"."""
+    import json
+
+    _, (Xt, _, _) = data
+    est = fitted["alpha"]
+    est.save(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    params = config["params"]
+    params["alpha"] = params.pop("clinical_weight")
+    params["alpha_grid"] = params.pop("clinical_weight_grid")
+    config["meta"]["alpha"] = config["meta"].pop("clinical_weight")
+    config["meta"]["alpha_scores"] = config["meta"].pop("clinical_weight_scores")
+    path.write_text(json.dumps(config))
+    back = load_model(tmp_path / "m")
+    assert back.clinical_weight_ == pytest.approx(0.5) and back.clinical_weight_scores_ is None
+    assert back._clinical_weight() == pytest.approx(0.5)
+    np.testing.assert_allclose(back.predict(Xt), est.predict(Xt), rtol=1e-6, atol=1e-6)
+
+
 # -- errors ------------------------------------------------------------------------
 def test_clear_errors(data, fitted):
     (X, y, _), _ = data
@@ -278,8 +330,8 @@ def test_clear_errors(data, fitted):
         est.fit(X.drop(columns=["crops"]), y)
     with pytest.raises(ValueError, match="'fusion' parameter of FusionSurvival must be"):
         FusionSurvival(fusion="early", **FAST).fit(X, y)
-    with pytest.raises(ValueError, match="'alpha' parameter of FusionSurvival must be"):
-        FusionSurvival(alpha=1.5, **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="'clinical_weight' parameter of FusionSurvival must be"):
+        FusionSurvival(clinical_weight=1.5, **FAST).fit(X, y)
     with pytest.raises(TypeError, match="DataFrame"):
         est.fit(np.zeros((4, 3)), y[:4])
     model = fitted["image_only"]
@@ -446,21 +498,23 @@ def test_aux_label_errors_name_the_row():
 
 def test_alpha_search_over_frozen_sub_models_trains_them_once(data):
     (X, y, _), (Xt, _, _) = data
-    est = FusionSurvival(image_input="crops", fusion="alpha", alpha="search",
-                         alpha_grid=(0.1, 0.5, 0.9), pretrain="both",
+    est = FusionSurvival(image_input="crops", fusion="alpha", clinical_weight="search",
+                         clinical_weight_grid=(0.1, 0.5, 0.9), pretrain="both",
                          **{**FAST, "max_epochs": 4, "validation_fraction": 0.3})
     est.fit(X, y)
-    # one training per sub-model, not one per alpha
+    # one training per sub-model, not one per clinical weight
     assert [h["stage"] for h in est.histories_] == ["tabular", "image"]
-    assert set(est.alpha_scores_) == {0.1, 0.5, 0.9}
-    assert est.alpha_ == max(est.alpha_scores_, key=est.alpha_scores_.get)
+    assert set(est.clinical_weight_scores_) == {0.1, 0.5, 0.9}
+    scores = est.clinical_weight_scores_
+    assert est.clinical_weight_ == max(scores, key=scores.get)
     # each score is the validation C-index of that weighted sum of the two risks
     rows = est._valid_rows(len(X), int(np.random.RandomState(0).randint(0, 2**31 - 1)))
     r = est.sub_model_risks(X.iloc[rows]).to_numpy()
-    for a, score in est.alpha_scores_.items():
+    for a, score in est.clinical_weight_scores_.items():
         assert score == pytest.approx(concordance_index(y[rows], a * r[:, 0] + (1 - a) * r[:, 1]))
     rt = est.sub_model_risks(Xt).to_numpy()
-    np.testing.assert_allclose(est.predict(Xt), est.alpha_ * rt[:, 0] + (1 - est.alpha_) * rt[:, 1],
+    w = est.clinical_weight_
+    np.testing.assert_allclose(est.predict(Xt), w * rt[:, 0] + (1 - w) * rt[:, 1],
                                rtol=1e-4, atol=1e-5)
 
 
@@ -519,7 +573,7 @@ def test_pipeline_with_per_crop_grades_on_synthetic_spines():
 
 def test_late_head_fitted_on_every_row(data):
     """head_rows='all': the FC is the penalised 2-covariate Cox fit on all rows' risks,
-    and a search over frozen sub-models scores alpha on every row."""
+    and a search over frozen sub-models scores the clinical weight on every row."""
     from fracsurv.survival.loss import cox_nll
 
     (X, y, _), _ = data
@@ -543,10 +597,11 @@ def test_late_head_fitted_on_every_row(data):
             assert loss(w + step * torch.eye(2, dtype=torch.float64)[i]) >= best - 1e-9
     with pytest.raises(ValueError, match="head_rows"):
         clone(est).set_params(head_rows="some").fit(X, y)
-    alpha = FusionSurvival(image_input="crops", fusion="alpha", alpha="search", pretrain="both",
-                           alpha_grid=(0.2, 0.8), head_rows="all", **kw).fit(X, y)
+    alpha = FusionSurvival(image_input="crops", fusion="alpha", clinical_weight="search",
+                           pretrain="both", clinical_weight_grid=(0.2, 0.8), head_rows="all",
+                           **kw).fit(X, y)
     ra = alpha.sub_model_risks(X).to_numpy()
-    for a, score in alpha.alpha_scores_.items():
+    for a, score in alpha.clinical_weight_scores_.items():
         assert score == pytest.approx(concordance_index(y, a * ra[:, 0] + (1 - a) * ra[:, 1]))
 
 

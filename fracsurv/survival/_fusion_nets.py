@@ -135,7 +135,7 @@ class FusionNet(nn.Module):
           -> BatchNorm -> ReLU -> FC 1 (plus the clinical linear term when
           ``linear_skip``);
         * late -- FC(2 -> 1) on the two sub-models' risk scores;
-        * alpha -- ``alpha * r_clinical + (1 - alpha) * r_image``;
+        * alpha -- ``w * r_clinical + (1 - w) * r_image``, w the ``clinical_weight``;
         * image_only -- the image sub-model's risk.
     backbone, in_channels, shape : image branch (see :func:`make_backbone`).
     n_tab : int
@@ -143,8 +143,9 @@ class FusionNet(nn.Module):
     clinical_hidden_units : tuple of int
         Clinical trunk widths, the study's ``(64, 128)``.
     dropout : float
-    alpha : float
-        Weight of the clinical risk for ``fusion="alpha"``.
+    clinical_weight : float
+        Weight w of the clinical risk for ``fusion="alpha"`` (the buffer
+        ``alpha``, under which saved weights hold it).
     linear_skip : bool
     aux_levels : int
         Logits of the auxiliary image head (0 = none): one per ordinal threshold
@@ -170,7 +171,7 @@ class FusionNet(nn.Module):
     def __init__(self, fusion: str, backbone: str, in_channels: int, shape: tuple[int, int],
                  n_tab: int, clinical_hidden_units: tuple[int, ...] = (64, 128),
                  dropout: float = 0.1,
-                 alpha: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
+                 clinical_weight: float = 0.8, linear_skip: bool = True, aux_levels: int = 0,
                  aux_per_crop: bool = False, shared_crops: bool = False,
                  crop_pool: str = "max", aux_risk: str = "only") -> None:
         super().__init__()
@@ -187,7 +188,8 @@ class FusionNet(nn.Module):
         self.image = _ImageBranch(backbone, in_channels, shape, shared_crops, crop_pool)
         self.tabular = (_TabularBranch(n_tab, tuple(clinical_hidden_units), dropout, linear_skip)
                         if fusion != "image_only" else None)
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        # the buffer keeps its name: it is the key "alpha" of saved weights
+        self.register_buffer("alpha", torch.tensor(float(clinical_weight)))
         self.fuse: nn.Module | None = None
         if fusion == "intermediate":
             assert self.tabular is not None
@@ -239,9 +241,9 @@ class FusionNet(nn.Module):
             raise ValueError(f"late weights exist for late fusion, not {self.fusion!r}")
         return self.fuse.weight.detach().cpu().double().reshape(-1)
 
-    def set_alpha(self, alpha: float) -> None:
+    def set_clinical_weight(self, weight: float) -> None:
         """The alpha-model's clinical weight."""
-        self.alpha.fill_(float(alpha))
+        self.alpha.fill_(float(weight))
 
     # -- freezing --------------------------------------------------------------
     def freeze(self, parts: tuple[str, ...]) -> None:

@@ -5,8 +5,8 @@ Implements the ConvDeepSurv / ViTDeepSurv models of the multimodal study (see
 branch (n_tab -> 64 -> 128), joined by intermediate fusion (concatenated
 features -> FC 128 -> BatchNorm -> ReLU -> FC 1), late fusion (one FC on the
 two frozen sub-models' risk scores) or the alpha-model
-(``alpha * r_clinical + (1 - alpha) * r_image``), trained on the exact Cox
-partial likelihood through the shared skorch base
+(``w * r_clinical + (1 - w) * r_image``, w the ``clinical_weight``), trained
+on the exact Cox partial likelihood through the shared skorch base
 (:class:`fracsurv.nn.base.TorchEstimatorMixin`). Images are streamed by
 reference in batches; survival functions come from a Breslow baseline.
 """
@@ -23,7 +23,13 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import DEPRECATED, check_survival_y, derive_seed, renamed_param
+from fracsurv._base import (
+    DEPRECATED,
+    check_survival_y,
+    derive_seed,
+    renamed_attribute,
+    renamed_param,
+)
 from fracsurv.nn.backbones import BACKBONES
 from fracsurv.nn.base import TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.pooling import CROP_POOLS
@@ -31,6 +37,7 @@ from fracsurv.survival._fusion_nets import AUX_RISKS, FUSIONS
 from fracsurv.survival._mixin import BreslowSurvivalMixin
 from fracsurv.survival.deepsurv import survival_target_tensor
 from fracsurv.survival.fusion.data import FusionDataMixin
+from fracsurv.survival.fusion.persistence import FusionPersistenceMixin
 from fracsurv.survival.fusion.training import FitData, FusionTrainingMixin
 
 __all__ = ["DEFAULT_ALPHA_GRID", "FusionSurvival"]
@@ -39,8 +46,8 @@ DEFAULT_ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the study's sweep
 _PRETRAIN = ("auto", "none", "tabular", "image", "both")
 
 
-class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
-                     TorchEstimatorMixin, BaseEstimator):
+class FusionSurvival(FusionDataMixin, FusionTrainingMixin, FusionPersistenceMixin,
+                     BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator):
     """Multimodal DeepSurv: radiograph or vertebra-crop stack + clinical variables.
 
     ``predict`` gives a risk (log-hazard, higher = earlier fracture);
@@ -61,11 +68,14 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         (``"resnet10-tiny"`` / ``"resnet10"`` for CPUs). Trained from scratch.
     fusion : {"intermediate", "late", "alpha", "image_only"}, default="intermediate"
         How image and clinical information meet (see the module docstring).
-    alpha : float or "search", default=0.8
-        Clinical weight of the alpha-model; ``"search"`` trains one model per
-        value of ``alpha_grid`` and keeps the one with the best C-index on the
-        inner validation split (``alpha_`` and ``alpha_scores_`` record it).
-    alpha_grid : sequence of float, default=(0.3, ..., 0.9)
+    clinical_weight : float or "search", default=0.8
+        Clinical weight w of the alpha-model (``fusion="alpha"``:
+        ``w * r_clinical + (1 - w) * r_image``); ``"search"`` trains one model
+        per value of ``clinical_weight_grid`` and keeps the one with the best
+        C-index on the inner validation split (``clinical_weight_`` and
+        ``clinical_weight_scores_`` record it).
+    clinical_weight_grid : sequence of float, default=(0.3, ..., 0.9)
+        The weights searched (:data:`DEFAULT_ALPHA_GRID`, the study's sweep).
     clinical_columns : sequence of str, optional
         Clinical columns of X (numeric, no missing values). ``None`` uses the
         data contract's 11 clinical columns
@@ -93,8 +103,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         fits only its FC). ``False`` fine-tunes everything end to end.
     head_rows : {"validation", "all"}, default="validation"
         Rows on which frozen sub-models are combined -- the late-fusion FC is
-        fitted, and a search over frozen sub-models (``alpha="search"`` with
-        ``pretrain="both"``) scores each alpha: the inner validation rows, which
+        fitted, and a search over frozen sub-models (``clinical_weight="search"``
+        with ``pretrain="both"``) scores each weight: the inner validation rows, which
         the sub-models did not train on (for the FC: every row when they hold
         fewer than 20 events), or every row. ``"all"`` suits sub-models of few
         effective parameters (a linear clinical branch, an image risk read off
@@ -152,8 +162,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
     max_epochs : int, default=100
         Epochs of each training stage.
     validation_fraction : float, default=0.15
-        Inner validation split (early stopping on its C-index, the alpha search,
-        and the late-fusion FC; one split for every stage).
+        Inner validation split (early stopping on its C-index, the clinical
+        weight search, and the late-fusion FC; one split for every stage).
     patience : int, default=20
         Epochs without a better validation C-index before stopping (best weights
         are restored); ``0`` disables early stopping.
@@ -173,10 +183,10 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
     net_ : skorch.NeuralNet
         Net of the last training stage (``net_.history``); ``histories_`` holds
         every stage's history.
-    alpha_ : float or None
-        Alpha used (alpha-model only).
-    alpha_scores_ : dict or None
-        Validation C-index per alpha when ``alpha="search"``.
+    clinical_weight_ : float or None
+        Clinical weight used (alpha-model only).
+    clinical_weight_scores_ : dict or None
+        Validation C-index per clinical weight when ``clinical_weight="search"``.
     late_weights_ : ndarray of shape (2,) or None
         FC weights ``[clinical, image]`` of late fusion.
     aux_levels_ : int
@@ -191,10 +201,12 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
 
     Notes
     -----
-    ``tabular_columns`` and ``tab_hidden`` are the deprecated former names of
-    ``clinical_columns`` and ``clinical_hidden_units``: given, they warn with a
+    ``tabular_columns``, ``tab_hidden``, ``alpha`` and ``alpha_grid`` are the
+    deprecated former names of ``clinical_columns``, ``clinical_hidden_units``,
+    ``clinical_weight`` and ``clinical_weight_grid``: given, they warn with a
     ``FutureWarning`` and take precedence. The fitted ``tabular_columns_`` keeps
-    its name.
+    its name; ``alpha_`` and ``alpha_scores_`` are deprecated read-only aliases
+    of ``clinical_weight_`` and ``clinical_weight_scores_``.
 
     The defaults ``linear_init="cox"`` and ``aux_risk="only"`` are the measured
     choices of ``benchmarks/fusion.py`` (numbers in ``docs/fusion_survival.md``):
@@ -208,8 +220,11 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         "image_input": [StrOptions({"image", "crops"})],
         "backbone": [StrOptions(set(BACKBONES))],
         "fusion": [StrOptions(set(FUSIONS))],
-        "alpha": [Interval(Real, 0, 1, closed="both"), StrOptions({"search"})],
-        "alpha_grid": ["array-like"],
+        "clinical_weight": [Interval(Real, 0, 1, closed="both"), StrOptions({"search"})],
+        "clinical_weight_grid": ["array-like"],
+        "alpha": [Interval(Real, 0, 1, closed="both"), StrOptions({"search"}),
+                  Hidden(StrOptions({DEPRECATED}))],
+        "alpha_grid": ["array-like", Hidden(StrOptions({DEPRECATED}))],
         "clinical_columns": ["array-like", None],
         "tabular_columns": ["array-like", None, Hidden(StrOptions({DEPRECATED}))],
         "image_column": [str, None],
@@ -237,8 +252,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
     }
 
     def __init__(self, image_input: str = "crops", *, backbone: str = "resnet50",
-                 fusion: str = "intermediate", alpha: float | str = 0.8,
-                 alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+                 fusion: str = "intermediate", clinical_weight: float | str = 0.8,
+                 clinical_weight_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
                  clinical_columns: Sequence[str] | None = None, image_column: str | None = None,
                  crop_encoder: str = "channels", crop_pool: str = "max",
                  input_shape: tuple[int, int] | None = None, pretrain: str = "auto",
@@ -253,12 +268,13 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
                  max_epochs: int = 100, validation_fraction: float = 0.15, patience: int = 20,
                  num_workers: int = 0, device: str = "auto", precision: str = "auto",
                  random_state: int | None = None, verbose: int = 0,
-                 tabular_columns: Any = DEPRECATED, tab_hidden: Any = DEPRECATED) -> None:
+                 tabular_columns: Any = DEPRECATED, tab_hidden: Any = DEPRECATED,
+                 alpha: Any = DEPRECATED, alpha_grid: Any = DEPRECATED) -> None:
         self.image_input = image_input
         self.backbone = backbone
         self.fusion = fusion
-        self.alpha = alpha
-        self.alpha_grid = alpha_grid
+        self.clinical_weight = clinical_weight
+        self.clinical_weight_grid = clinical_weight_grid
         self.clinical_columns = clinical_columns
         self.image_column = image_column
         self.crop_encoder = crop_encoder
@@ -292,6 +308,12 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         self.verbose = verbose
         self.tabular_columns = tabular_columns
         self.tab_hidden = tab_hidden
+        self.alpha = alpha
+        self.alpha_grid = alpha_grid
+
+    # deprecated former names of the fitted clinical weight and its search scores
+    alpha_ = renamed_attribute("clinical_weight_")
+    alpha_scores_ = renamed_attribute("clinical_weight_scores_")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -306,12 +328,22 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
     def _hidden_units(self, warn: bool = False) -> tuple[int, ...]:
         return tuple(renamed_param(self, "clinical_hidden_units", "tab_hidden", warn=warn))
 
+    def _clinical_weight(self, warn: bool = False) -> float | str:
+        """``clinical_weight``, or the deprecated ``alpha`` when that was given."""
+        return renamed_param(self, "clinical_weight", "alpha", warn=warn)
+
+    def _clinical_weight_grid(self, warn: bool = False) -> list[float]:
+        """``clinical_weight_grid`` (or the deprecated ``alpha_grid``) as floats."""
+        return [float(w) for w in renamed_param(self, "clinical_weight_grid", "alpha_grid",
+                                                warn=warn)]
+
     def _check_rules(self) -> None:
-        """Rules beyond the declared constraints: the alpha grid searched and the shape."""
-        if self.alpha == "search":
-            grid = [float(a) for a in self.alpha_grid]
-            if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
-                raise ValueError(f"alpha_grid must hold values in [0, 1], got {self.alpha_grid!r}")
+        """Rules beyond the declared constraints: the weight grid searched and the shape."""
+        if self._clinical_weight() == "search":
+            grid = self._clinical_weight_grid()
+            if not grid or any(not 0.0 <= w <= 1.0 for w in grid):
+                raw = renamed_param(self, "clinical_weight_grid", "alpha_grid")
+                raise ValueError(f"clinical_weight_grid must hold values in [0, 1], got {raw!r}")
         if self.input_shape is not None:
             check_input_shape(self.input_shape)
 
@@ -343,6 +375,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         self._validate_params()
         self._clinical_columns_param(warn=True)
         self._hidden_units(warn=True)
+        self._clinical_weight(warn=True)
+        self._clinical_weight_grid(warn=True)
         self._check_rules()
         tab_cols = self._tab_cols()
         tab = self._check_frame(X, tab_cols)
@@ -361,16 +395,17 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         ds = self._dataset(X, tab, y=target, train=True)
         split_seed = derive_seed(self.random_state)
         self.histories_: list[dict[str, Any]] = []
-        self.alpha_scores_: dict[float, float] | None = None
+        self.clinical_weight_scores_: dict[float, float] | None = None
         data = FitData(ds=ds, X=X, tab=tab, y=y, split_seed=split_seed)
-        # 4. train: one network, or one per alpha of the search
-        if self.fusion == "alpha" and self.alpha == "search":
-            alpha = self._search_alpha(data)
+        # 4. train: one network, or one per clinical weight of the search
+        weight = self._clinical_weight()
+        if self.fusion == "alpha" and weight == "search":
+            weight = self._search_clinical_weight(data)
         else:
-            alpha = float(self.alpha) if self.fusion == "alpha" else 0.0
-            self._fit_stages(self._seeded_module(alpha), data)
+            weight = float(weight) if self.fusion == "alpha" else 0.0
+            self._fit_stages(self._seeded_module(weight), data)
         # 5. the fitted state and the Breslow baseline
-        self.alpha_ = alpha if self.fusion == "alpha" else None
+        self.clinical_weight_ = weight if self.fusion == "alpha" else None
         self.late_weights_ = (self.module_.late_weights().numpy()
                               if self.fusion == "late" else None)
         self.module_.stage = "fusion"
@@ -406,38 +441,3 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, BreslowSurvivalMixin,
         tab = self._check_frame(X, self.tabular_columns_)
         r = self._sub_risks(X, tab)
         return pd.DataFrame({"risk_clinical": r[:, 0], "risk_image": r[:, 1]}, index=X.index)
-
-    # -- persistence -----------------------------------------------------------
-    def _extra_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        meta = {
-            "n_channels": self.n_channels_, "input_shape": list(self.input_shape_),
-            "base_shape": list(self.base_shape_), "tabular_columns": list(self.tabular_columns_),
-            "alpha": self.alpha_, "aux_levels": int(self.aux_levels_),
-            "aux_per_crop": bool(self.aux_per_crop_), "feature_names_in": [str(c) for c in self.feature_names_in_],
-            "alpha_scores": None if self.alpha_scores_ is None
-            else [[k, v] for k, v in self.alpha_scores_.items()],
-            "late_weights": None if self.late_weights_ is None
-            else [float(w) for w in self.late_weights_],
-        }
-        arrays = {"x_mean": np.asarray(self.x_mean_, float), "x_scale": np.asarray(self.x_scale_, float),
-                  **self._baseline_arrays()}
-        return meta, arrays
-
-    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.n_channels_ = int(meta["n_channels"])
-        self.input_shape_ = tuple(int(s) for s in meta["input_shape"])
-        self.base_shape_ = tuple(int(s) for s in meta["base_shape"])
-        self.tabular_columns_ = list(meta["tabular_columns"])
-        self.alpha_ = meta["alpha"]
-        self.aux_levels_ = int(meta.get("aux_levels", 0))
-        self.aux_per_crop_ = bool(meta.get("aux_per_crop", False))
-        self.alpha_scores_ = (None if meta["alpha_scores"] is None
-                              else {float(k): float(v) for k, v in meta["alpha_scores"]})
-        self.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
-        self.n_features_in_ = len(self.feature_names_in_)
-        self.x_mean_, self.x_scale_ = arrays["x_mean"], arrays["x_scale"]
-        self._restore_baseline(arrays)
-        self.histories_ = []
-        self.module_ = self._build_module(float(self.alpha_) if self.alpha_ is not None else 0.0)
-        weights = meta.get("late_weights")
-        self.late_weights_ = None if weights is None else np.asarray(weights, dtype=np.float64)

@@ -1,9 +1,9 @@
-"""FusionSurvival's training: the stages, the closed-form fits and the alpha search.
+"""FusionSurvival's training: the stages, the closed-form fits and the clinical weight search.
 
 Closed-form parts (the ridge Cox start of the clinical linear term, the
-late-fusion FC, the chosen alpha) are fitted here and written into the network
-through its own setters (``set_clinical_linear``, ``set_late_weights``,
-``set_alpha``).
+late-fusion FC, the chosen clinical weight of the alpha-model) are fitted here
+and written into the network through its own setters (``set_clinical_linear``,
+``set_late_weights``, ``set_clinical_weight``).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class FitData:
 class FusionTrainingMixin:
     """The methods of :class:`FusionSurvival` that build and train its network."""
 
-    def _build_module(self, alpha: float) -> FusionNet:
+    def _build_module(self, clinical_weight: float) -> FusionNet:
         return FusionNet(self.fusion, self.backbone, self.n_channels_, self.input_shape_,
                          len(self.tabular_columns_), self._hidden_units(), float(self.dropout),
-                         alpha, bool(self.linear_skip), aux_levels=int(self.aux_levels_),
+                         clinical_weight, bool(self.linear_skip), aux_levels=int(self.aux_levels_),
                          aux_per_crop=bool(self.aux_per_crop_),
                          shared_crops=self.image_input == "crops" and self.crop_encoder == "shared",
                          crop_pool=str(self.crop_pool), aux_risk=str(self.aux_risk))
@@ -135,9 +135,9 @@ class FusionTrainingMixin:
         w = fit_ridge_cox(torch.as_tensor(ds.tabular[rows]), t[:, 0], t[:, 1], ties=self.ties)
         module.set_clinical_linear(w)
 
-    def _seeded_module(self, alpha: float) -> FusionNet:
+    def _seeded_module(self, clinical_weight: float) -> FusionNet:
         self._seed()
-        return self._build_module(alpha)
+        return self._build_module(clinical_weight)
 
     def _fit_stages(self, module: FusionNet, data: FitData) -> None:
         ds, split_seed = data.ds, data.split_seed
@@ -190,19 +190,20 @@ class FusionTrainingMixin:
         ds = self._dataset(X, tab)
         return self._batched(ds, lambda m, b: m.risks(**b)).reshape(-1, 2).astype(np.float64)
 
-    def _search_alpha(self, data: FitData) -> float:
-        """One model per alpha on the same inner split; keep the best validation C-index.
+    def _search_clinical_weight(self, data: FitData) -> float:
+        """One model per clinical weight on the same inner split; keep the best
+        validation C-index.
 
-        Returns the chosen alpha.
+        Returns the chosen weight.
         """
         best: tuple[float, FusionNet, list[dict[str, Any]], float] | None = None
         scores: dict[float, float] = {}
         if not self.validation_fraction:
-            raise ValueError("alpha='search' needs an inner validation split "
+            raise ValueError("clinical_weight='search' needs an inner validation split "
                              "(validation_fraction > 0)")
         if set(self._pretrain_parts()) == {"image", "tabular"} and self.freeze_pretrained:
-            return self._search_alpha_frozen(data)
-        for a in [float(v) for v in self.alpha_grid]:
+            return self._search_clinical_weight_frozen(data)
+        for a in self._clinical_weight_grid():
             self.histories_ = []
             module = self._seeded_module(a)
             self._fit_stages(module, data)
@@ -215,17 +216,17 @@ class FusionTrainingMixin:
         assert best is not None
         self.module_ = best[1]
         self.histories_ = best[2]
-        self.alpha_scores_ = scores
+        self.clinical_weight_scores_ = scores
         return best[3]
 
-    def _search_alpha_frozen(self, data: FitData) -> float:
-        """Alpha search over frozen pre-trained sub-models: they do not depend on alpha,
-        so they are trained once and every alpha is scored by the C-index of the same
-        risks (of the validation rows, or of every row with ``head_rows="all"``): one
-        training instead of one per grid value."""
+    def _search_clinical_weight_frozen(self, data: FitData) -> float:
+        """Clinical weight search over frozen pre-trained sub-models: they do not
+        depend on the weight, so they are trained once and every weight is scored by
+        the C-index of the same risks (of the validation rows, or of every row with
+        ``head_rows="all"``): one training instead of one per grid value."""
         from fracsurv.metrics import concordance_index
 
-        grid = [float(v) for v in self.alpha_grid]
+        grid = self._clinical_weight_grid()
         self.histories_ = []
         module = self._seeded_module(grid[0])
         self._fit_stages(module, data)
@@ -238,9 +239,9 @@ class FusionTrainingMixin:
                   if has_events else float("nan") for a in grid}
         finite = {a: v for a, v in scores.items() if np.isfinite(v)}
         best = max(finite, key=finite.get) if finite else grid[0]
-        module.set_alpha(best)
+        module.set_clinical_weight(best)
         self.module_ = module
-        self.alpha_scores_ = scores
+        self.clinical_weight_scores_ = scores
         return best
 
     # -- inference -------------------------------------------------------------
