@@ -121,6 +121,26 @@ def test_cox_table_on_gbsg2_and_bad_input():
         cox_table(X, y, ["age"], models={"M": ["age", "sex"]})
 
 
+def test_cox_table_confidence_and_the_deprecated_alpha():
+    from lifelines import CoxPHFitter
+
+    X, y = load_gbsg2()
+    X = encode_categorical(X).astype(float)
+    cols = ["age", "tsize"]
+    t = cox_table(X, y, cols, confidence=0.9)
+    ref = CoxPHFitter(alpha=0.1).fit(X[cols].assign(T=y["time"], E=y["cens"].astype(int)),
+                                     "T", "E").summary
+    got = t.hr[t.hr["model"] == "Multivariable"].set_index("covariate")
+    np.testing.assert_allclose(got["CI low"], ref["exp(coef) lower 90%"], rtol=1e-9)
+    np.testing.assert_allclose(got["CI high"], ref["exp(coef) upper 90%"], rtol=1e-9)
+    with pytest.warns(FutureWarning, match="'alpha' is deprecated.*'confidence'"):
+        old = cox_table(X, y, cols, alpha=0.1)
+    pd.testing.assert_frame_equal(old.hr, t.hr)
+    pd.testing.assert_frame_equal(old.models, t.models)
+    with pytest.raises(ValueError, match="confidence"):
+        cox_table(X, y, cols, confidence=95)
+
+
 def _groups(X):
     return pd.Series(pd.Categorical(np.where(X["age"] >= 80, "HIGH",
                                              np.where(X["age"] >= 65, "LH", "LL")),

@@ -9,6 +9,7 @@ clinical decision table. Figures live in :mod:`fracsurv.stratify.plots`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -85,8 +86,9 @@ def _fit_cox(df: pd.DataFrame, cols: Sequence[str], penalizer: float, alpha: flo
 def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
               models: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | None = None,
               references: Mapping[str, str] | None = None, penalizer: float = 0.0,
-              alpha: float = 0.05,
-              multivariable: Sequence[Sequence[str]] | None = None) -> CoxTables:
+              alpha: float | None = None,
+              multivariable: Sequence[Sequence[str]] | None = None, *,
+              confidence: float = 0.95) -> CoxTables:
     """Univariable and multivariable Cox models (the Diff-X study's Tables 4-5).
 
     Every term gets a univariable model (all its columns together, so a
@@ -111,18 +113,24 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
         ``{term label: reference level}``, shown as an ``HR = 1`` row.
     penalizer : float
         lifelines' ridge penalty (0 = plain partial likelihood).
-    alpha : float
-        1 - confidence level of the HR intervals.
+    alpha : float, optional
+        Deprecated: ``1 - confidence``. Given, it warns with a ``FutureWarning``
+        and takes precedence over ``confidence``. (It keeps its position, so a
+        positional value still means what it did.)
     multivariable : sequence of sequences, optional
         Older spelling of ``models`` as a list of lists (kept for callers of the
         first version); give one of the two.
+    confidence : float, default=0.95
+        Confidence level of the HR intervals, in (0, 1) (lifelines'
+        ``alpha = 1 - confidence``).
 
     Returns
     -------
     CoxTables
         Tidy tables; :func:`format_cox_table` lays them out like the paper.
     """
-    # 1. terms and models
+    # 1. the interval level, terms and models
+    alpha = _interval_alpha(confidence, alpha)
     term_map = _normalise_terms(terms)
     models = _resolve_models(models, multivariable, term_map)
     references = dict(references or {})
@@ -170,6 +178,17 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
                      "p": t.p_value})
     return CoxTables(pd.DataFrame(hr_rows), pd.DataFrame.from_dict(model_rows, orient="index"),
                      pd.DataFrame(comp, columns=["reduced", "full", "LR chi2", "df", "p"]))
+
+
+def _interval_alpha(confidence: float, alpha: float | None) -> float:
+    """lifelines' ``alpha`` (1 - confidence); the deprecated ``alpha`` when given."""
+    if alpha is not None:
+        warnings.warn("cox_table's 'alpha' is deprecated and will be removed in a future "
+                      "version; use 'confidence' (= 1 - alpha)", FutureWarning, stacklevel=3)
+        return float(alpha)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return 1.0 - float(confidence)
 
 
 def _resolve_models(models: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | None,
