@@ -2,8 +2,9 @@
 
 * :mod:`~fracsurv.stratify.grouper` -- :class:`RiskGrouper` (LL / LH / HIGH);
 * :mod:`~fracsurv.stratify.cutpoint` -- maximally selected log-rank cut-points;
-* :mod:`~fracsurv.stratify.analysis` -- tidy tables: Cox HRs, log-rank, td-AUC,
-  DeLong, clinical decision table;
+* :mod:`~fracsurv.stratify.analysis` -- tidy tables: log-rank, td-AUC, DeLong,
+  clinical decision table (and, re-exported, the Cox tables);
+* :mod:`~fracsurv.stratify.cox_tables` -- Cox HR tables and their Table 4 layout;
 * :mod:`~fracsurv.stratify.agreement` -- agreement of paired scores (Bland-Altman);
 * :mod:`~fracsurv.stratify.delong` -- DeLong's test;
 * :mod:`~fracsurv.stratify.plots` -- Kaplan-Meier, td-AUC and Bland-Altman figures.
@@ -11,15 +12,13 @@
 
 from fracsurv.stratify.agreement import agreement, agreement_table
 from fracsurv.stratify.analysis import (
-    CoxTables,
-    cox_table,
     decision_table,
     delong_table,
-    format_cox_table,
     group_levels,
     logrank_tables,
     td_auc_table,
 )
+from fracsurv.stratify.cox_tables import CoxTables, cox_table, format_cox_table
 from fracsurv.stratify.cutpoint import lausen_schumacher_p, logrank_scan, maxstat_cutpoint
 from fracsurv.stratify.delong import delong_test, horizon_labels, placement_values
 from fracsurv.stratify.grouper import ADDED_COLUMNS, GROUPS, RiskGrouper
