@@ -132,10 +132,9 @@ def test_late_fusion_is_a_linear_head_on_frozen_sub_models(data, fitted):
 class _SnapshotBeforeFusion(FusionSurvival):
     """Records the clinical branch's weights when the fusion stage starts."""
 
-    def _train_stage(self, module, stage, frozen, ds, split_seed):
+    def on_stage_begin(self, module, stage, frozen):
         if stage == "fusion":
             self.snapshot_ = {k: v.clone() for k, v in module.tabular.state_dict().items()}
-        return super()._train_stage(module, stage, frozen, ds, split_seed)
 
 
 @pytest.mark.parametrize("freeze", [True, False])
@@ -151,6 +150,23 @@ def test_pretrained_tabular_branch_frozen_or_fine_tuned(data, freeze):
     same = all(torch.equal(after[k], v) for k, v in est.snapshot_.items())
     assert same is freeze
     assert all(p.requires_grad for p in est.module_.parameters())  # unfrozen after fit
+
+
+class _RecordStages(FusionSurvival):
+    """Records every on_stage_begin call."""
+
+    def on_stage_begin(self, module, stage, frozen):
+        self.calls_ = [*getattr(self, "calls_", []), (stage, frozen, module.stage)]
+
+
+def test_on_stage_begin_is_called_once_per_trained_stage(data):
+    (X, y, _), _ = data
+    est = _RecordStages(image_input="crops", fusion="late",
+                        **{**FAST, "clinical_hidden_units": (), "max_epochs": 2}).fit(X, y)
+    # the linear clinical branch and the FC are fitted in closed form: only the image
+    # sub-model has a training stage, with the network already switched to it
+    assert est.calls_ == [("image", ("tabular", "fuse"), "image")]
+    assert est.histories_[-1]["frozen"] == ["tabular", "fuse"]
 
 
 def test_alpha_search_picks_from_the_grid(data):
@@ -642,10 +658,9 @@ def test_linear_clinical_branch_is_the_exact_ridge_cox_fit(data):
 class _SnapshotFirstStage(FusionSurvival):
     """Records the clinical branch's weights when the first training stage starts."""
 
-    def _train_stage(self, module, stage, frozen, ds, split_seed):
+    def on_stage_begin(self, module, stage, frozen):
         if not hasattr(self, "start_"):
             self.start_ = {k: v.clone() for k, v in module.tabular.state_dict().items()}
-        return super()._train_stage(module, stage, frozen, ds, split_seed)
 
 
 @pytest.mark.parametrize("fusion", ["intermediate", "late"])

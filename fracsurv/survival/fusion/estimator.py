@@ -208,6 +208,9 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, FusionPersistenceMixi
     its name; ``alpha_`` and ``alpha_scores_`` are deprecated read-only aliases
     of ``clinical_weight_`` and ``clinical_weight_scores_``.
 
+    A subclass can watch (or adjust) the network as each training stage
+    begins by overriding :meth:`on_stage_begin`.
+
     The defaults ``linear_init="cox"`` and ``aux_risk="only"`` are the measured
     choices of ``benchmarks/fusion.py`` (numbers in ``docs/fusion_survival.md``):
     mini-batch Adam had not converged a linear clinical branch in 20 epochs at

@@ -80,10 +80,32 @@ class FusionTrainingMixin:
                                    eta_min=0.1 * float(self.lr)))
         return cbs
 
+    def on_stage_begin(self, module: FusionNet, stage: str, frozen: tuple[str, ...]) -> None:
+        """Hook called as each training stage begins; does nothing here.
+
+        Subclasses may override it to observe (or adjust) the network just
+        before a stage trains, e.g. to record the weights a pre-trained part
+        enters the fusion stage with. It runs once per trained stage, after the
+        stage is set and its parts frozen, before the first epoch; parts
+        fitted in closed form (a linear clinical branch with
+        ``linear_init="cox"``, the late-fusion FC, a search over frozen
+        sub-models) have no training stage and no call.
+
+        Parameters
+        ----------
+        module : FusionNet
+            The network being trained (``module_`` once ``fit`` returns).
+        stage : {"tabular", "image", "fusion"}
+            A sub-model alone (its pre-training) or the whole fusion model.
+        frozen : tuple of str
+            The sub-modules kept frozen in this stage.
+        """
+
     def _train_stage(self, module: FusionNet, stage: str, frozen: tuple[str, ...],
                      ds: FusionImages, split_seed: int) -> Any:
         module.stage = stage
         module.freeze(frozen)
+        self.on_stage_begin(module, stage, frozen)
         epochs = int(self.max_epochs)
         aux_w = float(self.aux_weight) if self.aux_column is not None else 0.0
         net = self._make_net(module, FusionCoxLoss(self.ties, aux_w), n_train=len(ds),
