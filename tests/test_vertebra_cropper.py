@@ -23,6 +23,7 @@ from fracsurv.vertebrae.detector import (
 SHAPE = (256, 128)
 CROP = (13, 68, 58)  # 272 x 230 scaled from 1024 x 512 to 256 x 128
 TINY = dict(input_shape=SHAPE, channels=(8, 16, 32, 64), num_res_units=0, train_window=(64, 96),
+            patch_size=32, refiner_channels=(8, 16, 32, 64),
             batch_size=8, lr=5e-3, validation_fraction=0.0, patience=0, device="cpu",
             random_state=0)
 
@@ -63,7 +64,7 @@ def cohorts():
 @pytest.fixture(scope="session")
 def fitted(cohorts):
     torch.set_num_threads(1)
-    return VertebraCropper(max_epochs=100, **TINY).fit(cohorts[0])
+    return VertebraCropper(max_epochs=100, stage2_epochs=30, **TINY).fit(cohorts[0])
 
 
 @pytest.fixture(scope="session")
@@ -122,16 +123,22 @@ def test_loss_finite_and_decreasing_on_one_batch():
     net, loss_fn = VertebraNet((8, 16, 32, 64), 0), KeypointLoss()
     pts = np.array([[[10, 10], [14, 10], [18, 10], [10, 16], [14, 16], [18, 16]]], float)
     y = torch.from_numpy(render_targets(pts, np.array([5]), (64, 32)))[None].repeat(2, 1, 1, 1)
-    x = torch.rand(2, 1, 128, 64)
+    losses = _overfit(net, loss_fn, torch.rand(2, 1, 128, 64), y, 15)
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+
+
+def _overfit(net: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             steps: int) -> list[float]:
+    """Adam steps on one batch; the losses."""
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     losses = []
-    for _ in range(15):
+    for _ in range(steps):
         loss = loss_fn(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    return losses
 
 
 # -- the estimator --------------------------------------------------------------
@@ -141,7 +148,7 @@ def test_learns_far_above_untrained_and_mean_shape(fitted, transformed, cohorts)
     # an untrained network (CenterNet prior) finds nothing
     untrained = VertebraCropper(max_epochs=1, **TINY)
     untrained.fit(cohorts[0].iloc[:2])
-    untrained.module_ = VertebraNet((8, 16, 32, 64), 0)
+    untrained.module_.detector = VertebraNet((8, 16, 32, 64), 0)
     assert untrained.transform(cohorts[1])["no_vertebra_found"].all()
     # keypoints beat the mean vertebral shape placed at the detected centre
     train_pts = np.array([v["points"] for kp in cohorts[0]["keypoints"] for v in kp], float)
@@ -161,6 +168,9 @@ def test_columns_and_types(transformed, cohorts, fitted):
     assert list(fitted.get_feature_names_out()) == list(out.columns)
     assert out["n_vertebrae"].dtype.kind == "i" and out["sdi"].dtype.kind == "i"
     assert out["max_reduction"].dtype.kind == "f" and out["no_vertebra_found"].dtype == bool
+    assert out["max_soft_grade"].dtype.kind == "f" and out["level_confidence"].between(0, 1).all()
+    assert set(out["level_anchor"]) <= {"none", "C7", "last rib", "sacrum", "C7+last rib",
+                                        "last rib+sacrum", "C7+last rib+sacrum", "C7+sacrum"}
     for verts, stack, n, sdi, mx in zip(out["vertebrae"], out["crops"], out["n_vertebrae"],
                                        out["sdi"], out["max_grade"]):
         assert isinstance(stack, np.ndarray) and stack.shape == CROP
@@ -168,9 +178,13 @@ def test_columns_and_types(transformed, cohorts, fitted):
         ys = [np.mean(v["points"], 0)[1] for v in verts]
         assert ys == sorted(ys)
         for v in verts:
-            assert set(v) >= {"level", "points", "box", "grade", "morphology", "confidence"}
+            assert set(v) >= {"level", "points", "point_error", "box", "grade", "soft_grade",
+                              "p_fracture", "morphology", "confidence", "level_confidence"}
             assert np.shape(v["points"]) == (6, 2) and len(v["box"]) == 4
             assert v["grade"] in (0, 1, 2, 3) and 0 < v["confidence"] <= 1
+            assert np.shape(v["point_error"]) == (6,) and min(v["point_error"]) > 0
+            assert 0 <= v["soft_grade"] <= 3 and 0 <= v["p_fracture"] <= 1
+            assert 0 <= v["level_confidence"] <= 1
         assert sdi == sum(v["grade"] for v in verts if v["graded"])
         assert mx == max([v["grade"] for v in verts if v["graded"]], default=0)
         n_full = int((stack.reshape(13, -1).max(1) > 0).sum())
@@ -188,12 +202,14 @@ def test_no_vertebra_image_flags_and_empty_crops(fitted):
 
 def test_deterministic_with_random_state(cohorts):
     small = cohorts[0].iloc[:6]
-    a = VertebraCropper(max_epochs=2, **TINY).fit(small)
-    b = VertebraCropper(max_epochs=2, **TINY).fit(small)
+    a = VertebraCropper(max_epochs=2, stage2_epochs=1, **TINY).fit(small)
+    b = VertebraCropper(max_epochs=2, stage2_epochs=1, **TINY).fit(small)
+    assert len(a.module_.state_dict()) > 30
     for (k, va), vb in zip(a.module_.state_dict().items(), b.module_.state_dict().values()):
         assert torch.equal(va, vb), k
-    c = VertebraCropper(max_epochs=2, **{**TINY, "random_state": 1}).fit(small)
-    assert not torch.equal(a.module_.head[-1].weight, c.module_.head[-1].weight)
+    c = VertebraCropper(max_epochs=2, stage2_epochs=1, **{**TINY, "random_state": 1}).fit(small)
+    assert not torch.equal(a.module_.detector.head[-1].weight, c.module_.detector.head[-1].weight)
+    assert not torch.equal(a.module_.refiner.heat.weight, c.module_.refiner.heat.weight)
 
 
 def test_save_load_round_trip(fitted, transformed, cohorts, tmp_path):
@@ -251,3 +267,121 @@ def test_detection_summary_on_hand_made_vertebrae():
     assert s["sensitivity"] == 0.5 and s["precision"] == 0.5
     assert s["median_point_error_px"] == pytest.approx(1.0)
     assert detection_summary([[]], [truth])["sensitivity"] == 0.0
+
+
+# -- stage 2: refiner, levels, soft grades ---------------------------------------
+BOX = np.array([[20.0, 30], [30, 29], [40, 28], [21, 45], [31, 44], [41, 43]])  # posterior left
+
+
+def test_patch_frame_round_trip_and_mirror_invariance():
+    from fracsurv.vertebrae.refiner import frame_of, sample_patch
+
+    f = frame_of(BOX, 32, shift=(0.05, -0.03), rotate=0.1, zoom=1.1)
+    assert np.allclose(f.to_native(f.to_patch(BOX)), BOX)
+    # canonical: posterior left, superior up, whichever way the image faces
+    uv = frame_of(BOX, 32).to_patch(BOX)
+    assert uv[[0, 3], 0].mean() < uv[[2, 5], 0].mean() and uv[:3, 1].mean() < uv[3:, 1].mean()
+    rng = np.random.default_rng(0)
+    img = rng.random((80, 64)).astype(np.float32)
+    mirrored = BOX.copy()
+    mirrored[:, 0] = 63 - mirrored[:, 0]
+    a = sample_patch(img, frame_of(BOX, 32))
+    b = sample_patch(img[:, ::-1], frame_of(mirrored, 32))
+    assert np.allclose(a, b, atol=1e-5)
+    assert frame_of(mirrored, 32).to_patch(mirrored) == pytest.approx(uv, abs=1e-9)
+
+
+def test_refiner_loss_falls_and_error_head_tracks_the_error():
+    from fracsurv.vertebrae.refiner import RefinerLoss, RefinerNet
+
+    torch.manual_seed(0)
+    net, loss_fn = RefinerNet((8, 16, 32)), RefinerLoss()
+    x = torch.rand(4, 1, 32, 32)
+    y = torch.tensor(BOX / 2, dtype=torch.float32)[None].repeat(4, 1, 1)
+    losses = _overfit(net, loss_fn, x, y, 40)
+    out = net.eval()(x).detach()
+    err = torch.linalg.norm(out[..., :2] - y, dim=-1)
+    assert losses[-1] < 0.5 * losses[0]
+    assert out.shape == (4, 6, 3 + 32 * 32) and torch.allclose(out[..., 3:].sum(-1), torch.ones(4, 6))
+    assert 0.3 < float(out[..., 2].exp().mean() / err.mean()) < 3.0
+
+
+def test_uncertain_grades_tend_to_the_hard_grade():
+    from fracsurv.vertebrae.genant import grade_vertebrae, uncertain_grades
+
+    col = np.stack([BOX + np.array([0, 20 * k]) for k in range(3)])
+    col[1, 2, 1] += 3.3  # anterior height 15 -> 11.7: a 22 % wedge, grade 1
+    hard = grade_vertebrae(col)[0]
+    soft, p = uncertain_grades(col, np.full((3, 6), 1e-6))
+    assert hard.tolist() == [0, 1, 0] and soft.tolist() == [0, 1, 0] and p.tolist() == [0, 1, 0]
+    soft, p = uncertain_grades(col, np.full((3, 6), 1.0), n_samples=200)
+    assert 0.2 < p[1] < 0.95 and p[0] < p[1] and soft[1] > soft[0]
+    assert np.array_equal(uncertain_grades(col, np.ones((3, 6)))[0], uncertain_grades(col, np.ones((3, 6)))[0])
+
+
+def test_placement_confidence_and_anchors():
+    from fracsurv.vertebrae.detector import N_LEVELS, placement_confidence
+    from fracsurv.vertebrae.levels import decode_column
+
+    logp = np.log(np.full((3, N_LEVELS), 1e-3))
+    logp[[0, 1, 2], [10, 11, 12]] = 0.0  # T10, T11, T12 clear
+    assert placement_confidence(np.array([10, 11, 12]), logp) > 0.99
+    flat = np.full((3, N_LEVELS), -np.log(N_LEVELS))
+    assert placement_confidence(np.array([10, 11, 12]), flat) == pytest.approx(1 / (N_LEVELS - 2))
+    out = np.full((4, N_LEVELS + 3), -8.0)
+    out[np.arange(4), [11, 12, 13, 14]] = 8.0  # T11, T12, L1, L2
+    out[:2, N_LEVELS + 1] = 8.0  # the first two bear ribs
+    d = decode_column(out, np.array([10.0, 20, 30, 40]), np.full(4, 8.0))
+    assert d["levels"].tolist() == [11, 12, 13, 14] and d["anchors"] == ["last rib"]
+    out[:, N_LEVELS + 1] = -8.0  # no rib transition: no anchor
+    assert decode_column(out, np.array([10.0, 20, 30, 40]), np.full(4, 8.0))["anchors"] == []
+
+
+def test_refiner_and_column_model_beat_stage_one(fitted, transformed, cohorts):
+    from sklearn.base import clone
+
+    stage1 = clone(fitted).set_params(refine_passes=0)
+    stage1.module_, stage1.feature_names_in_ = fitted.module_, fitted.feature_names_in_
+    _, _, err1 = _scores(stage1.transform(cohorts[1]), cohorts[1]["keypoints"])
+    _, _, err2 = _scores(transformed, cohorts[1]["keypoints"])
+    assert err2 < 0.8 * err1, (err1, err2)
+    ok = [pv[i]["level"] == tv[j]["level"]
+          for pv, tv in zip(transformed["vertebrae"], cohorts[1]["keypoints"])
+          for i, j in _centre_match(pv, tv)]
+    assert np.mean(ok) >= 0.7, np.mean(ok)
+
+
+def test_bad_images_get_a_per_row_outcome(fitted, cohorts):
+    from fracsurv.vertebrae.cropper import CropperInputError
+
+    good = cohorts[1]["image"].iloc[0]
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"image": [np.zeros(SHAPE, np.float32), rng.random(SHAPE).astype(np.float32),
+                                good[::-1].copy(), good[:, ::-1].copy(), np.zeros((16, 8), np.float32),
+                                np.full(SHAPE, np.nan, np.float32), good]})
+    out = fitted.set_params(on_error="skip").transform(X)
+    fitted.set_params(on_error="raise")
+    assert out["no_vertebra_found"].iloc[0] and out["load_error"].iloc[:4].isna().all()
+    assert "16 x 8" in out["load_error"].iloc[4] and "NaN" in out["load_error"].iloc[5]
+    assert out["no_vertebra_found"].iloc[4:6].all() and out["load_error"].iloc[6] is None
+    assert out["n_vertebrae"].iloc[6] >= 3 and out["n_vertebrae"].iloc[3] >= 3  # mirrored: still read
+    assert all(s.shape == CROP for s in out["crops"])
+    with pytest.raises(CropperInputError, match=r"row 4 .*16 x 8"):
+        fitted.transform(X)
+
+
+def test_shipped_model_loads_and_reads_a_fresh_cohort():
+    """The benchmark's saved model, on a cohort no model saw, at 1024 x 512."""
+    from pathlib import Path
+
+    from fracsurv.vertebrae.evaluation import detection_summary
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "vertebra-cropper"
+    model = VertebraCropper.load(path)
+    fresh = make_spine_cohort(6, image_shape=(1024, 512), random_state=4242, dicom=False,
+                              n_followups=0).frame
+    out = model.transform(fresh)
+    s = detection_summary(out["vertebrae"], fresh["keypoints"])
+    assert s["sensitivity"] >= 0.9 and s["precision"] >= 0.9, s
+    assert s["median_point_error_px"] <= 1.5, s
+    assert (out["level_anchor"] != "none").all()

@@ -99,6 +99,8 @@ def stage_crops(ctx: DemoContext) -> None:
     cropper = VertebraCropper(input_shape=(h - h % 16, w - w % 16), channels=(8, 16, 32, 64),
                           num_res_units=0, train_window=(64, 96) if w >= 96 else None,
                           batch_size=8, lr=5e-3, max_epochs=10 if ctx.tiny else 16,
+                          patch_size=32, refiner_channels=(8, 16, 32, 64),
+                          stage2_epochs=3 if ctx.tiny else 8,
                           validation_fraction=0.0, patience=0, random_state=ctx.seed)
     cropper.fit(ctx.train.iloc[:n_fit])
     ctx.train, ctx.test = cropper.transform(ctx.train), cropper.transform(ctx.test)

@@ -14,13 +14,15 @@ from fracsurv._base import row_label
 from fracsurv.io.refs import iter_cell
 from fracsurv.nn.data import load_row_image, to_chw
 from fracsurv.vertebrae.detector import (
+    LEVEL_INDEX,
+    LEVELS,
     STRIDE,
     from_grid,
     render_targets,
     to_grid,
 )
 
-__all__ = ["KeypointImages", "load_one_image", "normalise_intensity", "one_image"]
+__all__ = ["KeypointImages", "load_one_image", "normalise_intensity", "one_image", "parse_annotation"]
 
 
 def normalise_intensity(t: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,33 @@ def load_one_image(item: Any, rows: str) -> np.ndarray:
     if img.ndim != 2:
         raise ValueError(f"the image of {rows} must be 2-D (H, W), got shape {img.shape}")
     return img
+
+
+def parse_annotation(cell: Any, X: pd.DataFrame, pos: int, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 6, 2), level indices (n,)) of one row, validated."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        raise ValueError(f"{row_label(X, pos)} has no annotation in {column!r} "
+                         "(use [] for an image without vertebrae)")
+    if not isinstance(cell, list | tuple):
+        raise ValueError(f"{row_label(X, pos)}: {column!r} must hold a list of vertebrae, "
+                         f"got {type(cell).__name__}")
+    pts, lv = [], []
+    for k, v in enumerate(cell):
+        try:
+            p = np.asarray(v["points"], float)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{row_label(X, pos)}: vertebra {k} in {column!r} has no "
+                             f"usable 'points' ({exc})") from None
+        if p.shape != (6, 2) or not np.isfinite(p).all():
+            raise ValueError(f"{row_label(X, pos)}: vertebra {k} in {column!r} needs 6 finite "
+                             f"(x, y) points, got shape {p.shape}")
+        level = v.get("level") if isinstance(v, dict) else None
+        if level is not None and level not in LEVEL_INDEX:
+            raise ValueError(f"{row_label(X, pos)}: vertebra {k} has unknown level {level!r}; "
+                             f"expected one of {LEVELS} or None")
+        pts.append(p)
+        lv.append(-1 if level is None else LEVEL_INDEX[level])
+    return np.asarray(pts, float).reshape(-1, 6, 2), np.asarray(lv, int)
 
 
 class KeypointImages(Dataset):

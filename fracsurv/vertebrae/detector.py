@@ -49,7 +49,10 @@ __all__ = [
     "assign_levels",
     "decode_maps",
     "from_grid",
+    "placement_confidence",
+    "posterior_right",
     "render_targets",
+    "suppress_duplicates",
     "to_grid",
 ]
 
@@ -296,14 +299,14 @@ def decode_maps(maps: np.ndarray, threshold: float = 0.3, offset_scale: float = 
             pts[j] = (px + local[2 * j, py, px], py + local[2 * j + 1, py, px])
         found.append({"points": pts, "score": float(heat[y, x]), "level_logp": level_logp[:, y, x],
                       "facing": float(facing[y, x])})
-    found = _suppress_duplicates(found)
+    found = suppress_duplicates(found)
     if found and np.average([d["facing"] for d in found], weights=[d["score"] for d in found]) > 0:
         for d in found:
             d["points"] = d["points"][MIRROR]
     return found
 
 
-def _suppress_duplicates(found: list[dict[str, Any]], overlap: float = 0.5) -> list[dict[str, Any]]:
+def suppress_duplicates(found: list[dict[str, Any]], overlap: float = 0.5) -> list[dict[str, Any]]:
     """Drop a detection whose centre lies within ``overlap`` x height of a better one."""
     keep: list[dict[str, Any]] = []
     for d in sorted(found, key=lambda d: -d["score"]):
@@ -347,5 +350,24 @@ def assign_levels(centers_y: np.ndarray, heights: np.ndarray, level_logp: np.nda
     n_lv = level_logp.shape[1]
     if pos[-1] >= n_lv:
         return level_logp.argmax(axis=1)
-    totals = [level_logp[np.arange(n), pos + k].sum() for k in range(n_lv - pos[-1])]
+    totals = np.array([level_logp[np.arange(n), pos + k].sum() for k in range(n_lv - pos[-1])])
     return pos + int(np.argmax(totals))
+
+
+def placement_confidence(levels: np.ndarray, level_logp: np.ndarray) -> float:
+    """Posterior probability of a column's consecutive placement among all its shifts.
+
+    ``levels`` is :func:`assign_levels`'s output; every shift of the same
+    spacing pattern that fits into the level list competes, each scored by its
+    summed log-probabilities (a uniform prior over shifts).
+    """
+    levels = np.asarray(levels, int)
+    n, n_lv = level_logp.shape
+    if n == 0:
+        return 0.0
+    pos = levels - levels[0]
+    if pos[-1] >= n_lv or (np.diff(levels) <= 0).any():
+        return float(np.exp(level_logp[np.arange(n), levels]).prod())
+    totals = np.array([level_logp[np.arange(n), pos + k].sum() for k in range(n_lv - pos[-1])])
+    post = np.exp(totals - totals.max())
+    return float(post[levels[0]] / post.sum())

@@ -38,6 +38,7 @@ __all__ = [
     "height_reduction",
     "heights",
     "soft_grade",
+    "uncertain_grades",
 ]
 
 GRADE_BOUNDS = (0.20, 0.25, 0.40)
@@ -153,3 +154,39 @@ def soft_grade(points, temperature: float = 0.02, h_expected=None):
     zeros = torch.zeros_like(above[..., :1])
     cum = torch.cat([ones, above, zeros], dim=-1)
     return (cum[..., :-1] - cum[..., 1:]).clamp(min=0.0)
+
+
+def uncertain_grades(points: np.ndarray, errors: np.ndarray, n_samples: int = 32,
+                     use_neighbours: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Expected Genant grade and P(grade >= 1) of a column whose points are uncertain.
+
+    Each point is drawn ``n_samples`` times from an isotropic Gaussian whose
+    expected Euclidean error is the point's ``errors`` entry (per-axis sd
+    ``e / sqrt(pi / 2)``), and the whole column is graded by
+    :func:`grade_vertebrae` for every draw (neighbours included).
+
+    Parameters
+    ----------
+    points : array of shape (n, 6, 2)
+    errors : array of shape (n, 6)
+        Expected Euclidean error of each point, in the points' units.
+    n_samples : int
+    use_neighbours : bool
+    seed : int
+        Fixes the draws, so the same input always gives the same soft grade.
+
+    Returns
+    -------
+    soft_grade : ndarray of shape (n,)
+        Mean grade over the draws (0..3).
+    p_fracture : ndarray of shape (n,)
+        Share of draws with grade >= 1.
+    """
+    p = np.asarray(points, float).reshape(-1, 6, 2)
+    if len(p) == 0:
+        return np.zeros(0), np.zeros(0)
+    sd = np.asarray(errors, float).reshape(len(p), 6) / np.sqrt(np.pi / 2)
+    rng = np.random.default_rng(seed)
+    draws = p[None] + rng.standard_normal((int(n_samples), *p.shape)) * sd[None, :, :, None]
+    grades = np.stack([grade_vertebrae(d, use_neighbours)[0] for d in draws]).astype(float)
+    return grades.mean(0), (grades >= 1).mean(0)
