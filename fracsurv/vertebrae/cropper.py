@@ -124,7 +124,7 @@ class VertebraCropper(CropperInferenceMixin, TorchEstimatorMixin, FrameTransform
         1/1.7 of it); cut from the image ``transform`` is given, at its resolution.
     refiner_channels : tuple of int, default=(16, 32, 64, 128)
         Widths of the refiner's U-Net.
-    refine_passes : int, default=2
+    refine_passes : int, default=3
         Refinement passes (each re-centres the patch on the previous points).
     stage2_epochs : int, optional
         Epochs of the refiner and the column model (default ``max_epochs``).
@@ -206,7 +206,7 @@ patience, device, precision, random_state, verbose
                  channels: tuple[int, ...] = (16, 32, 64, 128, 128), num_res_units: int = 1,
                  train_window: tuple[int, int] | None = None,
                  sigma: float = 1.0, detection_threshold: float = 0.3, patch_size: int = 64,
-                 refiner_channels: tuple[int, ...] = (16, 32, 64, 128), refine_passes: int = 2,
+                 refiner_channels: tuple[int, ...] = (16, 32, 64, 128), refine_passes: int = 3,
                  stage2_epochs: int | None = None, grade_samples: int = 32,
                  fracture_oversample: int = 8, gradable_error: float = 0.12,
                  first_graded_level: str = "T4", use_neighbours: bool = True,
