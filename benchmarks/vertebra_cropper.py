@@ -157,6 +157,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=120)
     p.add_argument("--epochs", type=int, default=30, help="detector epochs")
     p.add_argument("--stage2-epochs", type=int, default=15)
+    p.add_argument("--fracture-oversample", type=int, default=8)
     p.add_argument("--input-shape", default="512x256", help="detector input (H x W)")
     p.add_argument("--window", default="128x192", help="detector training window ('none' = whole)")
     p.add_argument("--train-seed", type=int, default=0)
@@ -181,7 +182,8 @@ def main() -> None:
         shape = tuple(int(v) for v in args.input_shape.split("x"))
         window = None if args.window == "none" else tuple(int(v) for v in args.window.split("x"))
         model = cpu_cropper(input_shape=shape, train_window=window, max_epochs=args.epochs,
-                            stage2_epochs=args.stage2_epochs, verbose=1)
+                            stage2_epochs=args.stage2_epochs,
+                            fracture_oversample=args.fracture_oversample, verbose=1)
         t0 = time.perf_counter()
         model.fit(train.frame)
         t_fit = time.perf_counter() - t0

@@ -23,6 +23,7 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fracsurv._base import (
+    FrameTransformerMixin,
     append_columns,
     appended_feature_names,
     derive_seed,
@@ -42,7 +43,7 @@ from fracsurv.scoring.gradcam import grad_cam_maps
 __all__ = ["PVFScorer"]
 
 
-class PVFScorer(TorchEstimatorMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
+class PVFScorer(TorchEstimatorMixin, FrameTransformerMixin, ClassifierMixin, TransformerMixin, BaseEstimator):
     """Prevalent-vertebral-fracture score (0..1) of each row's radiograph(s).
 
     ``transform`` adds ``output_column`` (the score) and ``<output_column>_sd``
@@ -167,12 +168,6 @@ patience, device, precision, random_state, verbose
         self.random_state = random_state
         self.verbose = verbose
         self.input = input
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.target_tags.required = False
-        return tags
 
     # -- validation ------------------------------------------------------
     def _image_input(self, warn: bool = False) -> str:
