@@ -157,7 +157,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=120)
     p.add_argument("--epochs", type=int, default=30, help="detector epochs")
     p.add_argument("--stage2-epochs", type=int, default=15)
-    p.add_argument("--fracture-oversample", type=int, default=8)
+    p.add_argument("--fracture-oversample", type=int, default=24)
     p.add_argument("--input-shape", default="512x256", help="detector input (H x W)")
     p.add_argument("--window", default="128x192", help="detector training window ('none' = whole)")
     p.add_argument("--train-seed", type=int, default=0)

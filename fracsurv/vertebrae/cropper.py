@@ -130,7 +130,7 @@ class VertebraCropper(CropperInferenceMixin, TorchEstimatorMixin, FrameTransform
         Epochs of the refiner and the column model (default ``max_epochs``).
     grade_samples : int, default=32
         Draws of the points per vertebra for ``soft_grade`` and ``p_fracture``.
-    fracture_oversample : int, default=8
+    fracture_oversample : int, default=24
         The refiner sees each annotated vertebra of Genant grade >= 1 this many
         times per epoch (they are a few per cent of all vertebrae).
     gradable_error : float, default=0.12
@@ -208,7 +208,7 @@ patience, device, precision, random_state, verbose
                  sigma: float = 1.0, detection_threshold: float = 0.3, patch_size: int = 64,
                  refiner_channels: tuple[int, ...] = (16, 32, 64, 128), refine_passes: int = 3,
                  stage2_epochs: int | None = None, grade_samples: int = 32,
-                 fracture_oversample: int = 8, gradable_error: float = 0.12,
+                 fracture_oversample: int = 24, gradable_error: float = 0.12,
                  first_graded_level: str = "T4", use_neighbours: bool = True,
                  n_crops: int = 13, crop_size: Any = "auto", max_box_height: Any = "auto",
                  gap_factor: float = 1.5, margin: float = 0.15, crop_resize: str = "shrink",
