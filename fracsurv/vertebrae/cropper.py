@@ -422,7 +422,7 @@ patience, device, precision, random_state, verbose
         added[self.output_column] = stacks
         if self.on_error == "skip":
             added["load_error"] = errors
-        return append_columns(X.drop(columns=[c for c in ("load_error",) if c in X.columns]), added)
+        return append_columns(X, added)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Input columns plus the added ones."""
