@@ -219,17 +219,12 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self.injection_layer = injection_layer
         self.ae_epochs = ae_epochs
         self.ldm_epochs = ldm_epochs
-        self.lr = lr
-        self.batch_size = batch_size
+        self._set_shared_params(locals())
         self.prompt_dropout = prompt_dropout
         self.kl_weight = kl_weight
         self.generation_batch_size = generation_batch_size
         self.cache_dir = cache_dir
         self.output_shape = output_shape
-        self.device = device
-        self.precision = precision
-        self.random_state = random_state
-        self.verbose = verbose
         self.image_size = image_size
 
     # -- checks and data ---------------------------------------------------

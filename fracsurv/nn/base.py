@@ -154,6 +154,17 @@ class TorchEstimatorMixin:
         tags.non_deterministic = getattr(self, "random_state", None) is None
         return tags
 
+    def _set_shared_params(self, values: dict[str, Any]) -> None:
+        """Store the shared training parameters an ``__init__`` received.
+
+        ``values`` is the ``__init__``'s ``locals()``; every name declared in
+        :attr:`TorchEstimatorMixin._parameter_constraints` that it holds becomes an
+        attribute of the same name, unchanged (scikit-learn's ``get_params`` rule).
+        """
+        for name in TorchEstimatorMixin._parameter_constraints:
+            if name in values:
+                setattr(self, name, values[name])
+
     # -- configuration -------------------------------------------------
     def _training_settings(self) -> dict[str, Any]:
         """The shared training settings :meth:`_make_net` reads, from the parameters.

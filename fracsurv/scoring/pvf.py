@@ -156,17 +156,7 @@ patience, device, precision, random_state, verbose
         self.calibration_fraction = calibration_fraction
         self.crop_encoder = crop_encoder
         self.cam_layer = cam_layer
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.validation_fraction = validation_fraction
-        self.patience = patience
-        self.device = device
-        self.precision = precision
-        self.random_state = random_state
-        self.verbose = verbose
+        self._set_shared_params(locals())
         self.input = input
 
     # -- validation ------------------------------------------------------

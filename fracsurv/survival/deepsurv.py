@@ -116,19 +116,9 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         self.batch_norm = batch_norm
         self.activation = activation
         self.ties = ties
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.validation_fraction = validation_fraction
-        self.patience = patience
+        self._set_shared_params(locals())
         self.standardize = standardize
         self.linear_skip = linear_skip
-        self.device = device
-        self.precision = precision
-        self.random_state = random_state
-        self.verbose = verbose
 
     # ------------------------------------------------------------------
     def __sklearn_tags__(self):

@@ -246,17 +246,7 @@ patience, device, precision, random_state, verbose
         self.cache_dir = cache_dir
         self.augment = augment
         self.on_error = on_error
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.validation_fraction = validation_fraction
-        self.patience = patience
-        self.device = device
-        self.precision = precision
-        self.random_state = random_state
-        self.verbose = verbose
+        self._set_shared_params(locals())
 
     # -- validation ------------------------------------------------------
     def _shape(self) -> tuple[int, int]:

@@ -297,18 +297,8 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, FusionPersistenceMixi
         self.max_rotation = max_rotation
         self.ties = ties
         self.scheduler = scheduler
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.validation_fraction = validation_fraction
-        self.patience = patience
+        self._set_shared_params(locals())
         self.num_workers = num_workers
-        self.device = device
-        self.precision = precision
-        self.random_state = random_state
-        self.verbose = verbose
         self.tabular_columns = tabular_columns
         self.tab_hidden = tab_hidden
         self.alpha = alpha
