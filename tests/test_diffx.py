@@ -183,3 +183,39 @@ def test_batched_patients_equal_one_at_a_time(fitted, cohort):
     a, b = gen.transform(cohort), fitted.transform(cohort)
     np.testing.assert_allclose(np.stack(a["future_images"].iloc[2]),
                                np.stack(b["future_images"].iloc[2]), atol=1e-4)
+
+
+def test_checkpoint_dir_keeps_finished_stages_and_reuses_them(cohort, tmp_path):
+    """Each finished stage leaves its weights; a second fit with the same data and
+    parameters trains nothing and equals a fit without checkpoints."""
+    from fracsurv.nn.callbacks import read_checkpoint
+
+    X = cohort
+    params = {**TINY, "ldm_epochs": 2}
+    full = DiffXGenerator(**params).fit(X)
+    ckpt = tmp_path / "ckpt"
+    DiffXGenerator(**{**params, "checkpoint_dir": str(ckpt)}).fit(X)
+    run = next(ckpt.iterdir())
+    assert {p.name for p in run.iterdir()} == {"autoencoder.done.pt", "ldm1.done.pt",
+                                              "ldm2.done.pt"}
+    done = read_checkpoint(run / "ldm2.done.pt")
+    assert len(done["losses"]) == 2
+    # a second fit with the same data and parameters trains nothing and agrees
+    again = DiffXGenerator(**{**params, "checkpoint_dir": str(ckpt)}).fit(X)
+    for a, b in zip(again.module_.state_dict().values(), full.module_.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_strength_keeps_more_of_the_baseline(fitted, cohort):
+    """Inverting less of the schedule leaves the generated image closer to the baseline."""
+    row = cohort.iloc[0]
+    base = np.asarray(row["image"], np.float32)
+    err = {}
+    for strength in (1.0, 0.34):
+        gen = clone(fitted).set_params(strength=strength)
+        gen.module_, gen.feature_names_in_ = fitted.module_, fitted.feature_names_in_
+        gen.n_features_in_, gen.n_train_images_ = fitted.n_features_in_, fitted.n_train_images_
+        out = gen.generate(row["image"], row["age"], row["sex"], [0.0], seeds=[0])
+        err[strength] = float(np.abs(out[0, 0] - base).mean())
+    assert err[0.34] < err[1.0]

@@ -42,10 +42,10 @@ from fracsurv._base import (
     renamed_param,
     row_label,
 )
-from fracsurv.generative.nets import DiffXModule, make_schedulers
-from fracsurv.generative.objectives import AELoss, AEObjective, EpsLoss, EpsObjective
-from fracsurv.generative.prompts import format_prompt, tokenize
+from fracsurv.generative.nets import DiffXModule
+from fracsurv.generative.prompts import format_prompt
 from fracsurv.generative.sampling import DiffXSamplingMixin
+from fracsurv.generative.training import DiffXTrainingMixin
 from fracsurv.io.refs import ImageCache, iter_cell
 from fracsurv.nn.base import TorchEstimatorMixin
 from fracsurv.nn.data import load_row_image
@@ -75,7 +75,7 @@ DIFFX_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMixin,
+class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMixin, TorchEstimatorMixin,
                      TransformerMixin, BaseEstimator):
     """Language-guided generation of future radiographs (the Diff-X study's model).
 
@@ -104,6 +104,19 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         UNets (both LDMs share the architecture).
     n_train_timesteps, n_inference_steps : int
         Diffusion steps in training and DDIM steps in sampling/inversion.
+    beta_schedule : {"scaled_linear", "squaredcos_cap_v2"}, default="scaled_linear"
+        Noise schedule (Stable Diffusion's, or the cosine one).
+    prediction_type : {"epsilon", "v_prediction"}, default="v_prediction"
+        What both LDMs predict: the noise or the velocity.
+    snr_gamma : float or None, default=5.0
+        Min-SNR-gamma loss weighting of the denoisers (None: unweighted).
+    ema_decay : float, default=0.999
+        EMA of the LDMs' weights during training (diffusers ``EMAModel``); the
+        fitted LDMs are the averages. 0 turns it off.
+    strength : float, default=1.0
+        Fraction of the DDIM schedule the baseline is inverted through before
+        generation (1.0 = the study's full inversion to noise; less keeps more of
+        the baseline, as diffusers' image-to-image ``strength``).
     guidance_scale : float, default=4.0
         Classifier-free guidance of LDM-2.
     eta : float, default=0.5
@@ -121,6 +134,8 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
     prompt_dropout : float, default=0.1
         Probability of training LDM-2 on the empty prompt (for guidance).
     kl_weight : float, default=1e-6
+    ae_ssim_weight : float, default=0.5
+        Weight of the (1 - SSIM) term of the autoencoder's loss, beside L1.
     generation_batch_size : int, default=64
         Generated images per sampling batch in ``transform`` (patients are
         batched together; classifier-free guidance doubles the UNet batch).
@@ -128,6 +143,9 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         Write generated images to this content-addressed cache and put
         references in ``future_images`` (else arrays).
     output_shape : (int, int), optional
+    checkpoint_dir : str, optional
+        Write each training stage's state there after every epoch; a ``fit``
+        with the same data and parameters resumes from the last finished epoch.
     device, precision, random_state, verbose
         The shared training parameters, documented once in :mod:`fracsurv.nn.base`.
 
@@ -159,6 +177,11 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         "attention_head_dim": [Interval(Integral, 1, None, closed="left")],
         "n_train_timesteps": [Interval(Integral, 1, None, closed="left")],
         "n_inference_steps": [Interval(Integral, 1, None, closed="left")],
+        "beta_schedule": [StrOptions({"scaled_linear", "squaredcos_cap_v2"})],
+        "prediction_type": [StrOptions({"epsilon", "v_prediction"})],
+        "snr_gamma": [Interval(Real, 0, None, closed="neither"), None],
+        "ema_decay": [Interval(Real, 0, 1, closed="left")],
+        "strength": [Interval(Real, 0, 1, closed="right")],
         "guidance_scale": [Interval(Real, 0, None, closed="left")],
         "eta": [Interval(Real, 0, 1, closed="both")],
         "inject": ["boolean"],
@@ -170,6 +193,8 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         "ldm_epochs": [Interval(Integral, 1, None, closed="left")],
         "prompt_dropout": [Interval(Real, 0, 1, closed="both")],
         "kl_weight": [Interval(Real, 0, None, closed="left")],
+        "ae_ssim_weight": [Interval(Real, 0, None, closed="left")],
+        "checkpoint_dir": [str, os.PathLike, None],
         "generation_batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache_dir": [str, os.PathLike, None],
         "output_shape": [tuple, list, None],
@@ -184,12 +209,15 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
                  unet_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2,
                  cross_attention_dim: int = 256, attention_head_dim: int = 8,
                  n_train_timesteps: int = 1000, n_inference_steps: int = 50,
+                 beta_schedule: str = "scaled_linear", prediction_type: str = "v_prediction",
+                 snr_gamma: float | None = 5.0, ema_decay: float = 0.999, strength: float = 1.0,
                  guidance_scale: float = 4.0, eta: float = 0.5, inject: bool = True,
                  tau_f: float = 0.8, tau_attn: float = 0.5, injection_block: int = 1,
                  injection_layer: int = 1, ae_epochs: int = 100, ldm_epochs: int = 300,
                  lr: float = 1e-4, batch_size: int = 16, prompt_dropout: float = 0.1,
-                 kl_weight: float = 1e-6, generation_batch_size: int = 64,
-                 cache_dir: str | None = None,
+                 kl_weight: float = 1e-6, ae_ssim_weight: float = 0.5,
+                 generation_batch_size: int = 64, cache_dir: str | None = None,
+                 checkpoint_dir: str | None = None,
                  output_shape: tuple[int, int] | None = None, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
                  verbose: int = 0, image_size: Any = "deprecated") -> None:
@@ -210,6 +238,11 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self.attention_head_dim = attention_head_dim
         self.n_train_timesteps = n_train_timesteps
         self.n_inference_steps = n_inference_steps
+        self.beta_schedule = beta_schedule
+        self.prediction_type = prediction_type
+        self.snr_gamma = snr_gamma
+        self.ema_decay = ema_decay
+        self.strength = strength
         self.guidance_scale = guidance_scale
         self.eta = eta
         self.inject = inject
@@ -222,8 +255,10 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self._set_shared_params(locals())
         self.prompt_dropout = prompt_dropout
         self.kl_weight = kl_weight
+        self.ae_ssim_weight = ae_ssim_weight
         self.generation_batch_size = generation_batch_size
         self.cache_dir = cache_dir
+        self.checkpoint_dir = checkpoint_dir
         self.output_shape = output_shape
         self.image_size = image_size
 
@@ -296,33 +331,6 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
             raise ValueError(f"{self.sex_column}: {row_label(X, pos)}: {exc}") from None
         return age, sex
 
-    def _training_images(self, X: pd.DataFrame) -> tuple[torch.Tensor, list[str]]:
-        images, prompts = [], []
-        has_fu = self.followup_column in X.columns and self.followup_age_column in X.columns
-        for pos in range(len(X)):
-            age, sex = self._row_age_sex(X, pos)
-            img = self._row_image(X, pos, self.image_column)
-            if img is None:
-                raise ValueError(f"{self.image_column}: {row_label(X, pos)} has no image")
-            images.append(self._prep(img))
-            prompts.append(format_prompt(self.prompt_template, age, sex))
-            if has_fu:
-                fu = self._row_image(X, pos, self.followup_column)
-                fu_age = X[self.followup_age_column].iloc[pos]
-                if fu is not None and pd.notna(fu_age):
-                    images.append(self._prep(fu))
-                    prompts.append(format_prompt(self.prompt_template, float(fu_age), sex))
-        return torch.cat(images), prompts
-
-    # -- training ----------------------------------------------------------
-    def _train_stage(self, module: nn.Module, criterion: nn.Module, X: Any, n: int,
-                     epochs: int) -> list[float]:
-        net = self._make_net(module, criterion, n_train=n)
-        net.max_epochs = int(epochs)
-        self._seed()
-        net.fit(X, None)
-        return [float(h["train_loss"]) for h in net.history]
-
     def fit(self, X: pd.DataFrame, y: Any = None) -> DiffXGenerator:
         """Train the autoencoder, then LDM-1 and LDM-2, on every image of ``X``.
 
@@ -344,26 +352,8 @@ class DiffXGenerator(DiffXSamplingMixin, FrameTransformerMixin, TorchEstimatorMi
         self._seed()
         module = self._build()
         images, prompts = self._training_images(X)
-        n = len(images)
-        self.n_train_images_ = n
-        self.loss_history_ = {"autoencoder": self._train_stage(
-            AEObjective(module.vae), AELoss(float(self.kl_weight)), images, n,
-            self.ae_epochs)}
-        module.eval()
-        with torch.no_grad():
-            lat = torch.cat([module.vae.encode(images[i:i + 64]).latent_dist.mean
-                             for i in range(0, n, 64)])
-        module.latent_scale.fill_(1.0 / max(float(lat.std()), 1e-6))
-        z0 = lat * module.latent_scale
-        ids, values, _ = tokenize(prompts, module.text1.vocab, module.text1.length)
-        data = {"z0": z0, "ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
-        sched, _ = make_schedulers(self.n_train_timesteps)
-        self.loss_history_["ldm1"] = self._train_stage(
-            EpsObjective(module.ldm1, module.text1, sched, 0.0), EpsLoss(),
-            {**data, "lowres": module.lowres(images)}, n, self.ldm_epochs)
-        self.loss_history_["ldm2"] = self._train_stage(
-            EpsObjective(module.ldm2, module.text2, sched, float(self.prompt_dropout)),
-            EpsLoss(), data, n, self.ldm_epochs)
+        self.n_train_images_ = len(images)
+        self.loss_history_ = self._fit_stages(module, images, prompts)
         self.module_ = module.eval()
         self._inversions = {}
         return self

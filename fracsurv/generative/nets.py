@@ -5,8 +5,8 @@
   Stable Diffusion's (cross-attention in every level but the deepest; the first
   decoder block without attention), so "the fifth decoder layer" means the same
   thing as in the Diff-X study whatever the width and depth.
-* :func:`make_schedulers` — DDIM and its inverse with Stable Diffusion's
-  scaled-linear betas.
+* :func:`make_schedulers` — DDIM and its inverse on one noise schedule
+  (scaled-linear or cosine betas; noise or velocity prediction).
 * :class:`DiffXModule` — one container (autoencoder, LDM-1, LDM-2 and their
   prompt encoders) so the shared skorch base saves everything as one
   safetensors file.
@@ -24,9 +24,9 @@ from fracsurv.generative.prompts import PromptEncoder
 
 __all__ = ["DiffXModule", "make_autoencoder", "make_schedulers", "make_unet"]
 
-_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-             "prediction_type": "epsilon"}
+#: Stable Diffusion's scaled-linear betas; ``"squaredcos_cap_v2"`` is the cosine schedule.
+_BETAS = {"scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012}, "squaredcos_cap_v2": {}}
+_DDIM = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
 
 def _groups(channels: tuple[int, ...]) -> int:
@@ -65,12 +65,21 @@ def make_unet(in_channels: int, out_channels: int, channels: tuple[int, ...],
         attention_head_dim=int(attention_head_dim), norm_num_groups=_groups(channels))
 
 
-def make_schedulers(n_train_timesteps: int) -> tuple[Any, Any]:
-    """``(DDIMScheduler, DDIMInverseScheduler)`` sharing one noise schedule."""
+def make_schedulers(n_train_timesteps: int, beta_schedule: str = "scaled_linear",
+                    prediction_type: str = "epsilon") -> tuple[Any, Any]:
+    """``(DDIMScheduler, DDIMInverseScheduler)`` sharing one noise schedule.
+
+    ``beta_schedule`` is ``"scaled_linear"`` (Stable Diffusion's) or
+    ``"squaredcos_cap_v2"`` (cosine); ``prediction_type`` is ``"epsilon"`` or
+    ``"v_prediction"``.
+    """
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-    return (DDIMScheduler(num_train_timesteps=int(n_train_timesteps), **_SCHEDULE),
-            DDIMInverseScheduler(num_train_timesteps=int(n_train_timesteps), **_SCHEDULE))
+    if beta_schedule not in _BETAS:
+        raise ValueError(f"beta_schedule must be one of {sorted(_BETAS)}, got {beta_schedule!r}")
+    cfg = {"num_train_timesteps": int(n_train_timesteps), "beta_schedule": beta_schedule,
+           "prediction_type": prediction_type, **_BETAS[beta_schedule], **_DDIM}
+    return DDIMScheduler(**cfg), DDIMInverseScheduler(**cfg)
 
 
 class DiffXModule(nn.Module):

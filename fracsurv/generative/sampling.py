@@ -13,7 +13,6 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from fracsurv.generative.injection import FeatureInjector
-from fracsurv.generative.nets import make_schedulers
 from fracsurv.generative.prompts import format_prompt
 from fracsurv.io.refs import hash_parts, load_image
 
@@ -31,11 +30,25 @@ class DiffXSamplingMixin:
         amp = self._amp_dtype()
         return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
+    def _timesteps(self) -> tuple[Any, Any, Any, Any]:
+        """(DDIM, inverse DDIM, inversion timesteps, denoising timesteps) for ``strength``.
+
+        The baseline is inverted through the first ``round(strength x steps)`` DDIM
+        steps and generation runs the same steps back, so ``strength=1`` is a
+        full inversion to noise.
+        """
+        ddim, inverse = self._schedulers()
+        n = int(self.n_inference_steps)
+        ddim.set_timesteps(n)
+        inverse.set_timesteps(n)
+        k = max(1, round(float(self.strength) * n))
+        return ddim, inverse, inverse.timesteps[:k], ddim.timesteps[n - k:]
+
     def _encode_baselines(self, images: Sequence[np.ndarray], ages: Sequence[float],
                           sexes: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inverted noise z_T, low-res copies, LDM-1 prompt embeddings) of baselines.
+        """(inverted latents z_t, low-res copies, LDM-1 prompt embeddings) of baselines.
 
-        Inversions are cached per (image, age, sex, steps); the missing ones are
+        Inversions are cached per (image, age, sex, steps, strength); the missing ones are
         computed together in one batch.
         """
         m, device = self.module_, self._device()
@@ -44,14 +57,14 @@ class DiffXSamplingMixin:
                                                                                  strict=True)])
         lowres = m.lowres(x)
         keys = [hash_parts(x[i].cpu().numpy(), float(ages[i]), str(sexes[i]),
-                           int(self.n_inference_steps)) for i in range(len(images))]
+                           int(self.n_inference_steps), float(self.strength))
+                for i in range(len(images))]
         cache = self.__dict__.setdefault("_inversions", {})
         todo = [i for i, k in enumerate(keys) if k not in cache]
         if todo:
-            _, inverse = make_schedulers(self.n_train_timesteps)
-            inverse.set_timesteps(int(self.n_inference_steps))
+            _, inverse, inversion_steps, _ = self._timesteps()
             z, low, c = m.encode(x[todo]), lowres[todo], cond[todo]
-            for t in inverse.timesteps:
+            for t in inversion_steps:
                 eps = m.ldm1(torch.cat([z, low], 1), t, encoder_hidden_states=c).sample
                 z = inverse.step(eps.float(), t, z).prev_sample
             for j, i in enumerate(todo):
@@ -76,9 +89,8 @@ class DiffXSamplingMixin:
         out_shape, n_h = self._check_batch(imgs, horizons)
         # 2. schedule, prompts (one per patient x horizon x seed), seeded generators, hooks
         m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
-        n_steps = len(ddim.timesteps)
+        ddim, _, _, steps = self._timesteps()
+        n_steps = len(steps)
         n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
         prompts = [format_prompt(self.prompt_template, float(a) + float(h), s)
                    for a, s, hs in zip(ages, sexes, horizons, strict=True) for h in hs for _ in seeds]
@@ -94,7 +106,7 @@ class DiffXSamplingMixin:
             #    generates every future with those features injected (Plug-and-Play), CFG
             z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
             with injector:
-                for i, t in enumerate(ddim.timesteps):
+                for i, t in enumerate(steps):
                     with injector.record(i):
                         eps1 = m.ldm1(torch.cat([z1, lowres], 1), t, encoder_hidden_states=cond1).sample
                     z1 = ddim.step(eps1.float(), t, z1).prev_sample
@@ -154,11 +166,10 @@ class DiffXSamplingMixin:
         check_is_fitted(self, "module_")
         img = load_image(image)
         m, device = self.module_.to(self._device()), self._device()
-        ddim, _ = make_schedulers(self.n_train_timesteps)
-        ddim.set_timesteps(int(self.n_inference_steps))
+        ddim, _, _, steps = self._timesteps()
         with torch.inference_mode(), self._autocast(device):
             z, lowres, cond = self._encode_baselines([img], [float(age)], [sex])
-            for t in ddim.timesteps:
+            for t in steps:
                 eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
                 z = ddim.step(eps.float(), t, z).prev_sample
             x = m.decode(z).float()
