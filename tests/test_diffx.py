@@ -219,3 +219,43 @@ def test_strength_keeps_more_of_the_baseline(fitted, cohort):
         out = gen.generate(row["image"], row["age"], row["sex"], [0.0], seeds=[0])
         err[strength] = float(np.abs(out[0, 0] - base).mean())
     assert err[0.34] < err[1.0]
+
+
+def test_checkpoint_dir_resumes_a_stage_killed_mid_way(cohort, tmp_path, monkeypatch):
+    """A fit that dies after LDM-2's first of two epochs resumes there: the next fit
+    trains only the missing epoch and keeps the first epoch's loss."""
+    from skorch.callbacks import Callback
+
+    from fracsurv.generative import training
+    from fracsurv.nn.callbacks import read_checkpoint
+
+    class Die(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            raise RuntimeError("killed")
+
+    params = {**TINY, "ldm_epochs": 2, "checkpoint_dir": str(tmp_path)}
+    real = training.DiffXTrainingMixin._train_stage
+
+    def dying(self, stage, *args, **kwargs):
+        if stage == "ldm2":
+            make = self._make_net
+            monkeypatch.setattr(self, "_make_net", lambda *a, callbacks=(), **k: make(
+                *a, callbacks=[*callbacks, Die()], **k))
+        return real(self, stage, *args, **kwargs)
+
+    monkeypatch.setattr(training.DiffXTrainingMixin, "_train_stage", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        DiffXGenerator(**params).fit(cohort)
+    run = next(tmp_path.iterdir())
+    part = read_checkpoint(run / "ldm2.epoch.pt")
+    assert part["epoch"] == 1 and len(part["losses"]) == 1
+    monkeypatch.setattr(training.DiffXTrainingMixin, "_train_stage", real)
+    trained = []
+    make_net = DiffXGenerator._make_net
+    monkeypatch.setattr(DiffXGenerator, "_make_net", lambda self, *a, **k: trained.append(
+        a[0]) or make_net(self, *a, **k))
+    gen = DiffXGenerator(**params).fit(cohort)
+    assert len(trained) == 1  # only LDM-2 trained again
+    assert len(gen.loss_history_["ldm2"]) == 2
+    assert gen.loss_history_["ldm2"][0] == pytest.approx(part["losses"][0])
+    assert not (run / "ldm2.epoch.pt").exists() and (run / "ldm2.done.pt").exists()
