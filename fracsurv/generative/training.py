@@ -28,11 +28,9 @@ from fracsurv._base import row_label
 from fracsurv.generative.nets import DiffXModule, make_schedulers
 from fracsurv.generative.objectives import AELoss, AEObjective, DenoiseLoss, DenoiseObjective
 from fracsurv.generative.prompts import format_prompt, tokenize
-from fracsurv.nn.callbacks import EMACallback, EpochCheckpoint, read_checkpoint
+from fracsurv.nn.callbacks import EMACallback, EpochCheckpoint, read_checkpoint, save_checkpoint
 
-__all__ = ["STAGES", "DiffXTrainingMixin"]
-
-STAGES = ("autoencoder", "ldm1", "ldm2")
+__all__ = ["DiffXTrainingMixin"]
 
 
 class DiffXTrainingMixin:
@@ -109,8 +107,7 @@ class DiffXTrainingMixin:
             net.fit(data, None)
             losses += [float(h["train_loss"]) for h in net.history]
         if done is not None:
-            done.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"module": module.state_dict(), "losses": losses}, done)
+            save_checkpoint({"module": module.state_dict(), "losses": losses}, done)
             if part is not None and part.is_file():
                 part.unlink()
         return losses

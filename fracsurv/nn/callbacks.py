@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from skorch.callbacks import Callback
 
-__all__ = ["EMACallback", "EpochCheckpoint", "read_checkpoint"]
+__all__ = ["EMACallback", "EpochCheckpoint", "read_checkpoint", "save_checkpoint"]
 
 
 class EMACallback(Callback):
@@ -89,16 +89,21 @@ class EpochCheckpoint(Callback):
                  "losses": losses, "module": net.module_.state_dict(),
                  "optimizer": net.optimizer_.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None}
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_checkpoint(state, self.path)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
