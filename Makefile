@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= fracsurv-demo
 
-.PHONY: demo test test-slow lint bench clean venv
+.PHONY: demo test test-slow lint bench clean venv gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ bench: $(STAMP)
 	$(PY) -m pip install -e ".[dev,bench]"
 	$(PY) benchmarks/survival_real.py
 	$(PY) benchmarks/cox_loss.py
+
+# Wheels benchmarks/gpu_check.sh installs on a GPU machine that has CUDA torch but
+# lacks these (carry benchmarks/.wheels there; see docs/diffx_generator.md).
+GPU_WHEELS ?= diffusers skorch monai safetensors einops huggingface-hub pydicom \
+	scikit-image scikit-survival lifelines tqdm tabulate joblib threadpoolctl
+gpu-wheels: $(STAMP)
+	$(PY) -m pip wheel -q --no-deps -w benchmarks/.wheels . $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -53,17 +53,19 @@ from fracsurv.nn.data import load_row_image
 __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 
 #: Ready-made sizes. ``"full"`` is the study's scale (needs a GPU); ``"cpu"``
-#: trains in minutes on 2 cores at 128 x 64; ``"demo"`` is what ``fracsurv demo``
-#: runs (64 x 32, 10-year horizon, 2 seeds); ``"tiny"`` is for tests.
+#: trains in about 41 minutes on 2 cores at 128 x 64 (the shipped
+#: ``fracsurv.pretrained.load("diffx")``; its sampling settings were chosen on a
+#: validation cohort); ``"demo"`` is what ``fracsurv demo --retrain`` trains (64 x 32,
+#: 10-year horizon, 2 seeds); ``"tiny"`` is for tests.
 DIFFX_PRESETS: dict[str, dict[str, Any]] = {
     "full": {"input_shape": (512, 512), "ae_channels": (64, 128, 256, 256),
              "unet_channels": (128, 256, 512, 512), "layers_per_block": 2,
              "cross_attention_dim": 256, "n_inference_steps": 50, "ae_epochs": 100,
              "ldm_epochs": 300, "batch_size": 16},
-    "cpu": {"input_shape": (128, 64), "ae_channels": (16, 32, 32, 32),
-            "unet_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": 64,
-            "attention_head_dim": 8, "n_inference_steps": 20, "ae_epochs": 8, "ldm_epochs": 15,
-            "batch_size": 32, "lr": 5e-4},
+    "cpu": {"input_shape": (128, 64), "ae_channels": (32, 64, 64), "unet_channels": (32, 64),
+            "layers_per_block": 1, "cross_attention_dim": 64, "attention_head_dim": 2,
+            "n_inference_steps": 20, "ae_epochs": 6, "ldm_epochs": 20, "batch_size": 32,
+            "lr": 5e-4, "strength": 0.5, "guidance_scale": 5.0},
     "demo": {"input_shape": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
              "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
              "n_inference_steps": 10, "ae_epochs": 6, "ldm_epochs": 12, "batch_size": 32,

@@ -32,6 +32,10 @@ from fracsurv.nn.callbacks import EMACallback, EpochCheckpoint, read_checkpoint,
 
 __all__ = ["DiffXTrainingMixin"]
 
+#: Parameters that only change sampling, not the trained weights.
+_SAMPLING_PARAMS = ("n_inference_steps", "strength", "guidance_scale", "eta", "inject", "tau_f",
+                    "tau_attn", "injection_block", "injection_layer")
+
 
 class DiffXTrainingMixin:
     """The methods of :class:`~fracsurv.generative.DiffXGenerator` that train it."""
@@ -64,7 +68,7 @@ class DiffXTrainingMixin:
         h = hashlib.sha256(images.numpy().tobytes())
         h.update("\n".join(prompts).encode())
         skip = {"verbose", "device", "cache_dir", "checkpoint_dir", "generation_batch_size",
-                "output_shape", "horizons", "n_seeds"}
+                "output_shape", "horizons", "n_seeds", *_SAMPLING_PARAMS}
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in skip}
         h.update(json.dumps(params, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
