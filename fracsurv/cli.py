@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="random seed of splits and models")
     d.add_argument("--tiny", action="store_true",
                    help="smallest configuration (for tests): tiny models, few epochs")
+    d.add_argument("--retrain", action="store_true",
+                   help="train the image models from scratch instead of loading the "
+                        "pretrained ones shipped with fracsurv")
 
     s = sub.add_parser("score", help="score new patients with a saved pipeline")
     s.add_argument("--model", type=Path, required=True, help="folder written by save_pipeline")
@@ -51,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fracsurv.demo import run_demo
 
         report = run_demo(out=args.out, n_patients=args.n_patients, image_shape=args.image_shape,
-                          seed=args.seed, tiny=args.tiny)
+                          seed=args.seed, tiny=args.tiny, retrain=args.retrain)
         print(f"report: {report}")
         return 0
     from fracsurv.batch import score_patients

@@ -27,3 +27,16 @@ def test_demo_writes_report_with_every_section(tmp_path, capsys, monkeypatch):
     assert "VertebraCropper trained on" in out
     # components that do not exist yet are announced, never faked
     assert "skipped: generated future radiographs" not in out
+    # by default the shipped generator and image pVF scorer are used, not trained
+    assert "DiffXGenerator: pretrained" in out and "DiffXGenerator trained on" not in out
+    assert "fracsurv.pretrained.load(&#x27;diffx&#x27;)" in html or \
+        "fracsurv.pretrained.load('diffx')" in html
+
+
+def test_demo_retrain_trains_the_image_models(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FRACSURV_DATA", str(tmp_path / "data"))
+    assert main(["demo", "--out", str(tmp_path), "--tiny", "--retrain", "--n-patients", "120",
+                 "--image-shape", "64x32"]) == 0
+    out = capsys.readouterr().out
+    assert "DiffXGenerator trained on" in out and "DiffXGenerator: pretrained" not in out
+    assert "trained in the demo" in (tmp_path / "report.html").read_text()

@@ -33,6 +33,9 @@ class DemoContext:
         Cohort size (default: the demo cohort's).
     image_shape : (int, int), optional
         Image size of the cohort.
+    retrain : bool
+        Train the image models that ship pretrained (``fracsurv.pretrained``)
+        from scratch instead of loading them.
     """
 
     out: Path
@@ -41,6 +44,8 @@ class DemoContext:
     report: Report
     n_patients: int | None = None
     image_shape: tuple[int, int] | None = None
+    retrain: bool = False
+    model_sources: dict[str, str] = field(default_factory=dict)  # component -> where from
     cohort: Any = None
     truth: Any = None
     clinical_columns: list[str] = field(default_factory=list)

@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from fracsurv import pretrained
 from fracsurv._base import survival_arrays
 from fracsurv.contract import CLINICAL_COLUMNS
 from fracsurv.datasets import load_demo_cohort
@@ -130,6 +131,9 @@ def stage_pvf(ctx: DemoContext) -> None:
 
 def _image_scorer(ctx: DemoContext) -> Any:
     """A full-image pVF scorer (the Diff-X study scores whole radiographs: BpVF and GpVF)."""
+    # not shipped pretrained: the whole-image scorer trained on 1,500 radiographs at
+    # 128 x 64 reached only AUROC 0.51 on held-out baselines (docs/pretrained.md)
+    ctx.model_sources["PVFScorer (image)"] = "trained in the demo"
     shape = (64, 32) if ctx.tiny else (128, 64)
     scorer = PVFScorer(backbone="resnet10-tiny", image_column="image", image_input="image",
                        output_column="bpvf", input_shape=shape, max_epochs=2 if ctx.tiny else 12,
@@ -139,18 +143,32 @@ def _image_scorer(ctx: DemoContext) -> Any:
     return scorer
 
 
+def _generator(ctx: DemoContext, shape: tuple[int, int]) -> DiffXGenerator:
+    """The shipped DiffXGenerator, or (``--retrain``) one trained here at the demo preset."""
+    common = {"horizons": (10,), "n_seeds": 2, "output_shape": shape,
+              "cache_dir": str(ctx.out / "cache")}
+    if not ctx.retrain:
+        ctx.model_sources["DiffXGenerator"] = "fracsurv.pretrained.load('diffx')"
+        gen = pretrained.load("diffx", **common, random_state=ctx.seed)
+        print(f"    DiffXGenerator: pretrained ({gen.n_train_images_} training images, "
+              f"{gen.input_shape[0]}x{gen.input_shape[1]})", flush=True)
+        return gen
+    ctx.model_sources["DiffXGenerator"] = "trained in the demo"
+    preset = {**DIFFX_PRESETS["tiny" if ctx.tiny else "demo"], **common}
+    gen = DiffXGenerator(**preset, random_state=ctx.seed)
+    n_fit = min(len(ctx.train), 60 if ctx.tiny else 160)  # sized for the 10-minute budget
+    gen.fit(ctx.train.iloc[:n_fit])
+    print(f"    DiffXGenerator trained on {gen.n_train_images_} images "
+          f"({preset['input_shape'][0]}x{preset['input_shape'][1]})", flush=True)
+    return gen
+
+
 def stage_future(ctx: DemoContext) -> None:
     if "image" not in ctx.train.columns or "prevalent_vf" not in ctx.train.columns:
         return
     scorer = _image_scorer(ctx)
     ctx.train, ctx.test = scorer.transform(ctx.train), scorer.transform(ctx.test)
-    preset = {**DIFFX_PRESETS["tiny" if ctx.tiny else "demo"], "horizons": (10,), "n_seeds": 2}
-    gen = DiffXGenerator(**preset, output_shape=tuple(scorer.input_shape), random_state=ctx.seed,
-                  cache_dir=str(ctx.out / "cache"))
-    n_fit = min(len(ctx.train), 60 if ctx.tiny else 160)  # sized for the 10-minute budget
-    gen.fit(ctx.train.iloc[:n_fit])
-    print(f"    DiffXGenerator trained on {gen.n_train_images_} images "
-          f"({preset['input_shape'][0]}x{preset['input_shape'][1]})", flush=True)
+    gen = _generator(ctx, tuple(scorer.input_shape))
     ctx.train, ctx.test = gen.transform(ctx.train), gen.transform(ctx.test)
     gscorer = copy.deepcopy(scorer).set_params(image_column="future_images", output_column="gpvf",
                                                n_seeds=gen.n_seeds)

@@ -45,7 +45,7 @@ def _stage(ctx: DemoContext, title: str, fn: Callable[[DemoContext], None], i: i
 
 def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None,
              image_shape: tuple[int, int] | None = None, seed: int = 0,
-             tiny: bool = False) -> Path:
+             tiny: bool = False, retrain: bool = False) -> Path:
     """Run the demo and return the path of the HTML report.
 
     Parameters
@@ -60,6 +60,9 @@ def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None
         Seed for splits and models.
     tiny : bool
         Smallest configuration (used by the test suite).
+    retrain : bool
+        Train the image models that ship pretrained (``fracsurv.pretrained``) from
+        scratch with the demo's CPU presets instead of loading them.
 
     Returns
     -------
@@ -69,7 +72,7 @@ def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, seed=seed, tiny=tiny, n_patients=n_patients,
-                      image_shape=image_shape,
+                      image_shape=image_shape, retrain=retrain,
                       report=Report("fracsurv demo report", banner=BANNER))
     t0 = time.perf_counter()
     for i, (title, fn) in enumerate(STAGES, 1):
@@ -79,6 +82,10 @@ def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None
     timing = pd.DataFrame({"seconds": pd.Series(ctx.timings)})
     timing.loc["total"] = total
     ctx.report.add_table(timing, caption="Wall time per stage", floatfmt="{:.1f}")
+    if ctx.model_sources:
+        ctx.report.add_table(pd.DataFrame({"source": pd.Series(ctx.model_sources)}),
+                             caption="Image models: shipped pretrained (fracsurv.pretrained; "
+                                     "trained on the simulated cohort) or trained in this run")
     path = ctx.report.write(out / "report.html")
     print(f"demo finished in {total:.0f} s", flush=True)
     return path

@@ -1,0 +1,75 @@
+"""The models shipped in fracsurv.pretrained load, work in a Pipeline and meet a floor."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.pipeline import Pipeline
+
+from fracsurv import pretrained
+from fracsurv.datasets import make_spine_cohort
+from fracsurv.metrics.images import ms_ssim
+from fracsurv.vertebrae.evaluation import detection_summary
+
+NAMES = {"diffx", "vertebra-cropper"}
+
+
+def _small(images, shape=(128, 64)):
+    t = torch.from_numpy(np.stack([np.asarray(i, np.float32) for i in images]))[:, None]
+    t = torch.nn.functional.interpolate(t, size=shape, mode="bilinear", antialias=True,
+                                        align_corners=False)
+    return list(t.clamp(0, 1)[:, 0].numpy())
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """A cohort whose seed no shipped model was trained or selected on."""
+    return make_spine_cohort(60, image_shape=(256, 128), random_state=4001, dicom=False,
+                             n_followups=0).frame
+
+
+def test_available_lists_every_shipped_model_with_its_card():
+    table = pretrained.available()
+    assert NAMES <= set(table["name"])
+    assert table["size_mb"].sum() <= 40
+    for name in NAMES:
+        card = pretrained.card(name)
+        assert card["generator_version"] and card["training"]["seeds"]
+        assert card["heldout"]["metrics"], name
+        assert (pretrained.model_path(name) / "card.md").read_text().startswith("# Model card")
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(KeyError, match=r"available: .*diffx"):
+        pretrained.load("no-such-model")
+
+
+def test_loading_warns_when_the_cohort_generator_changed(monkeypatch):
+    import fracsurv.datasets.spine as spine
+
+    monkeypatch.setattr(spine, "GENERATOR_VERSION", 999)
+    with pytest.warns(UserWarning, match=r"generator v.*999"):
+        pretrained.load("diffx")
+
+
+def test_diffx_reconstructs_and_generates_fresh_patients(fresh):
+    gen = pretrained.load("diffx", output_shape=(128, 64))
+    rows = fresh.head(3)
+    base = _small(rows["image"])
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack(base))[:, None] * 2 - 1
+        ae = ((gen.module_.decode(gen.module_.encode(x)).clamp(-1, 1) + 1) / 2)[:, 0].numpy()
+    assert ms_ssim(ae, np.stack(base)).mean() >= 0.95
+    out = gen.generate(base[0], rows["age"].iloc[0], rows["sex"].iloc[0], [1, 10], seeds=[0, 1])
+    assert out.shape == (2, 2, 128, 64) and np.isfinite(out).all()
+    assert ms_ssim(out[0], np.stack([base[0]] * 2)).mean() >= 0.6  # the same patient
+
+
+def test_vertebra_cropper_finds_the_vertebrae_of_fresh_radiographs():
+    big = make_spine_cohort(2, image_shape=(1024, 512), random_state=4002, dicom=False,
+                            n_followups=0).frame
+    out = Pipeline([("crop", pretrained.load("vertebra-cropper"))]).transform(big)
+    det = detection_summary(out["vertebrae"], big["keypoints"])
+    assert det["sensitivity"] >= 0.9 and det["precision"] >= 0.9
+    assert det["median_point_error_px"] <= 2.0
+    assert isinstance(out, pd.DataFrame) and "crops" in out
