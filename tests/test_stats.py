@@ -1,5 +1,7 @@
 """The studies' statistics: Cox tables vs lifelines, KM/log-rank, td-AUC, DeLong, agreement, decision table."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -274,6 +276,18 @@ def test_agreement_matches_scipy_and_fisher_z():
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "GpVF - pVF"
     with pytest.raises(ValueError, match="row 3 has a missing score"):
         agreement(np.r_[a[:3], np.nan], b[:4])
+    assert st["note"] == ""
+
+
+def test_agreement_with_a_constant_score_says_why_r_is_missing():
+    a, b = np.full(10, 0.97), np.linspace(0.1, 0.9, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConstantInputWarning from scipy
+        st = agreement(a, b)
+    assert np.isnan(st["r"]) and np.isnan(st["r_low"]) and np.isnan(st["p"])
+    assert st["note"] == "r undefined: the first score is constant (0.97)"
+    assert st["mean_difference"] == pytest.approx(np.mean(a - b))
+    assert "constant" in agreement_table({"x": (a, b)}).loc["x", "note"]
 
 
 def test_decision_table_counts():
