@@ -62,23 +62,16 @@ AGE_PROBE_SELECTION = {"blur_sigma_px": [0, 1, 2], "validation_real_r2": [0.767,
 
 
 # -- data -------------------------------------------------------------------
-def _small(images: list[Any], shape: tuple[int, int]) -> np.ndarray:
-    """Images downsampled (antialiased bilinear) to ``shape``, as the generator's ``_prep``."""
-    t = torch.from_numpy(np.stack([np.asarray(im, np.float32) for im in images]))[:, None]
-    t = torch.nn.functional.interpolate(t, size=shape, mode="bilinear", antialias=True,
-                                        align_corners=False)
-    return t.clamp(0, 1)[:, 0].numpy()
-
-
 def _cohort(n: int, seed: str, render: tuple[int, int], shape: tuple[int, int],
             followups: int = 1) -> Any:
     from fracsurv.datasets import make_spine_cohort
+    from fracsurv.nn.data import antialiased_resize
 
     b = make_spine_cohort(n, image_shape=render, random_state=SEEDS[seed], dicom=False,
                           n_followups=followups, n_jobs=2)
     cols = ["image", "followup_image"] if followups else ["image"]
     for c in cols:
-        b.frame[c] = list(_small(list(b.frame[c]), shape))
+        b.frame[c] = list(antialiased_resize(list(b.frame[c]), shape))
     return b
 
 

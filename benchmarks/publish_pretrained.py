@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 from _common import RESULTS
-from diffx import AGE_PROBE_BLUR, SEEDS, _small
+from diffx import AGE_PROBE_BLUR, SEEDS
 
 from fracsurv.nn.base import load_model
+from fracsurv.nn.data import antialiased_resize
 from fracsurv.pretrained import MODELS_DIR
 from fracsurv.pretrained.publish import publish
 
@@ -58,7 +59,7 @@ def main() -> None:
     gen.set_params(**dx["chosen_on_validation"], checkpoint_dir=None, device="auto")
     r = dx["results"]["diffx"]
     row = fresh.iloc[0]
-    base = _small([row["image"]], (128, 64))[0]
+    base = antialiased_resize([row["image"]], (128, 64))[0]
     publish(gen, "diffx", {
         "task": "DiffXGenerator (cpu preset, 128 x 64): future radiographs at 1/5/10 years and "
                 "the last follow-up from a baseline and 'An image of {age} years old {sex}'.",

@@ -9,16 +9,14 @@ from sklearn.pipeline import Pipeline
 from fracsurv import pretrained
 from fracsurv.datasets import make_spine_cohort
 from fracsurv.metrics.images import ms_ssim
+from fracsurv.nn.data import antialiased_resize
 from fracsurv.vertebrae.evaluation import detection_summary
 
 NAMES = {"diffx", "vertebra-cropper"}
 
 
 def _small(images, shape=(128, 64)):
-    t = torch.from_numpy(np.stack([np.asarray(i, np.float32) for i in images]))[:, None]
-    t = torch.nn.functional.interpolate(t, size=shape, mode="bilinear", antialias=True,
-                                        align_corners=False)
-    return list(t.clamp(0, 1)[:, 0].numpy())
+    return list(antialiased_resize(list(images), shape))
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from fracsurv._base import (
     FrameTransformerMixin,
@@ -48,7 +47,7 @@ from fracsurv.generative.sampling import DiffXSamplingMixin
 from fracsurv.generative.training import DiffXTrainingMixin
 from fracsurv.io.refs import ImageCache, iter_cell
 from fracsurv.nn.base import TorchEstimatorMixin
-from fracsurv.nn.data import load_row_image
+from fracsurv.nn.data import antialiased_resize, load_row_image
 
 __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 
@@ -307,10 +306,8 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         arr = np.asarray(image, dtype=np.float32)
         if arr.ndim == 3:
             arr = arr[0]
-        t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-        t = nn.functional.interpolate(t, size=self._input_shape(),
-                                      mode="bilinear", antialias=True, align_corners=False)
-        return t.clamp(0, 1) * 2 - 1
+        t = torch.from_numpy(antialiased_resize([arr], self._input_shape()))[:, None]
+        return t * 2 - 1
 
     def _row_image(self, X: pd.DataFrame, pos: int, column: str) -> np.ndarray | None:
         items = iter_cell(X[column].iloc[pos])

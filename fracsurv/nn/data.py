@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from fracsurv.io.refs import iter_cell, load_image
 
-__all__ = ["ImageDataset", "flatten_cells", "load_row_image", "to_chw"]
+__all__ = ["ImageDataset", "antialiased_resize", "flatten_cells", "load_row_image", "to_chw"]
 
 
 def flatten_cells(cells: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
@@ -73,6 +73,18 @@ def to_chw(image: np.ndarray | torch.Tensor, shape: tuple[int, int] | None = Non
     if shape is not None and tuple(t.shape[-2:]) != tuple(shape):
         t = F.interpolate(t[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
     return t
+
+
+def antialiased_resize(images: Sequence[np.ndarray] | np.ndarray,
+                       shape: tuple[int, int]) -> np.ndarray:
+    """``(n, H, W)`` images in [0, 1] resized to ``shape`` (bilinear, antialiased, clamped).
+
+    How ``DiffXGenerator`` brings images to its working resolution; benchmarks and
+    tests that prepare images for it, or for its judges, use the same.
+    """
+    t = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im in images]))[:, None]
+    t = F.interpolate(t, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
+    return t.clamp(0, 1)[:, 0].numpy()
 
 
 class ImageDataset(Dataset):
