@@ -122,6 +122,27 @@ class FrameTransformerMixin:
         missing = [c for c in columns if c not in X.columns]
         if missing:
             raise ValueError(f"X has no column {missing[0]!r} (columns: {list(X.columns)[:10]})")
+        warn_duplicate_ids(X, owner)
+
+
+def warn_duplicate_ids(X: pd.DataFrame, owner: str) -> None:
+    """Warn when ``patient_id`` repeats: rows are then not patients (splits, C-index, counts)."""
+    if "patient_id" in X.columns and X["patient_id"].duplicated().any():
+        n = int(X["patient_id"].duplicated().sum())
+        warnings.warn(f"{owner}: {n} rows repeat a patient_id that occurs earlier in X; each "
+                      "row is treated as a separate patient", UserWarning, stacklevel=3)
+
+
+def file_ref(path: Any) -> str:
+    """How messages and outputs name a file: a short hash of its path, never the path.
+
+    File names of exported radiographs often contain patient names; the row's
+    ``patient_id`` and this hash identify the file without them (the path itself
+    is logged at DEBUG level only).
+    """
+    import hashlib
+
+    return "file #" + hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:10]
 
 
 def row_label(X: Any, pos: int) -> str:

@@ -1,44 +1,110 @@
-"""Batch scoring of new patients with a saved pipeline (``fracsurv score``)."""
+"""Batch scoring of new patients with a saved pipeline (``fracsurv score``).
+
+Scoring never loses a good row because of a bad one: a row whose image fails to
+load, whose clinical values are not numbers, or that makes a step fail gets an
+``error`` message and no risk, and every other row is scored. See
+``docs/score.md`` for the inputs, the output columns and the exit codes.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from fracsurv._atomic import atomic_open
 from fracsurv.persist import load_pipeline
 
-__all__ = ["score_frame", "score_patients"]
+__all__ = ["OUTPUT_COLUMNS", "UsageError", "score_frame", "score_patients"]
 
 log = logging.getLogger("fracsurv.batch")
 
-# Columns copied to the output besides the risk; never header-derived values.
-_OUTPUT_COLUMNS = ("pvf", "pvf_sd", "gpvf", "gpvf_sd", "risk_group", "n_fractures", "max_grade")
+#: Columns copied to the output besides ``risk`` when the pipeline makes them;
+#: never header-derived values.
+OUTPUT_COLUMNS = ("pvf", "pvf_sd", "gpvf", "gpvf_sd", "risk_group", "n_vertebrae",
+                  "n_fractures", "max_grade", "no_vertebra_found")
+_IMAGE_SCORES = ("pvf", "gpvf")
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2): the message says what to change."""
+
+
+def _indexed(result: Any, index: pd.Index) -> pd.DataFrame | pd.Series:
+    if isinstance(result, pd.DataFrame | pd.Series):
+        return result
+    arr = np.asarray(result)
+    return pd.Series(arr, index=index) if arr.ndim == 1 else pd.DataFrame(arr, index=index)
+
+
+def _row_safe(fn: Callable[[pd.DataFrame], Any], X: pd.DataFrame, errors: pd.Series,
+              step: str) -> Any:
+    """``fn(X)``; when it fails, run it row by row and record each failing row's error."""
+    try:
+        return _indexed(fn(X), X.index)
+    except Exception as exc:
+        if len(X) == 1:
+            errors.loc[X.index[0]] = f"{step}: {type(exc).__name__}: {exc}"
+            return None
+    parts = [r for i in range(len(X)) if (r := _row_safe(fn, X.iloc[[i]], errors, step)) is not None]
+    return pd.concat(parts) if parts else None
+
+
+def _numeric_columns(pipe: Any, X: pd.DataFrame) -> list[str]:
+    """Columns of ``X`` the pipeline reads as numbers (``SelectColumns`` or the final model)."""
+    from fracsurv.preprocessing import SelectColumns
+
+    steps = [s for _, s in getattr(pipe, "steps", [("model", pipe)])]
+    cols = [c for s in steps if isinstance(s, SelectColumns) for c in s.columns]
+    if not cols and hasattr(steps[-1], "feature_names_in_"):
+        cols = [str(c) for c in steps[-1].feature_names_in_]
+    return [c for c in dict.fromkeys(cols) if c in X.columns]
+
+
+def _clinical_errors(X: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Per row: which required clinical value is missing or not a number (else None)."""
+    errors = pd.Series(None, index=X.index, dtype=object)
+    for col in columns:
+        values = pd.to_numeric(X[col], errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
+        for idx in X.index[bad & errors.isna().to_numpy()]:
+            raw = X.at[idx, col]
+            what = "missing" if pd.isna(raw) else f"not a number ({str(raw)[:20]!r})"
+            errors.loc[idx] = f"clinical column {col!r} is {what}"
+    return errors
 
 
 def score_frame(pipe: Pipeline, X: pd.DataFrame) -> pd.DataFrame:
-    """Run ``pipe`` on ``X`` row-safely: rows that fail to load get NaN risk.
+    """Run ``pipe`` on ``X`` row-safely: rows that fail get NaN risk and an ``error``.
 
-    Every transformer step runs in turn; after a step that reports a
-    ``load_error`` column (``DicomLoader(on_error="skip")``), the failed rows are
-    set aside and the others go on, so one bad file never costs the good ones.
+    Rows whose required clinical values are missing or not numbers are set
+    aside first; then every transformer step runs in turn. After a step that
+    reports a ``load_error`` column (``DicomLoader(on_error="skip")``), the
+    failed rows are set aside; a step that fails on the batch is rerun row by
+    row so that only the rows that make it fail are lost.
 
     Returns
     -------
     DataFrame
-        Indexed like ``X``: ``patient_id`` (when present), ``risk``, the score
-        columns the pipeline produced, and ``load_error``.
+        Indexed like ``X``: ``patient_id`` (when present), ``risk``, the columns
+        of :data:`OUTPUT_COLUMNS` the pipeline produced, and ``error``.
     """
     steps = pipe.steps if isinstance(pipe, Pipeline) else [("model", pipe)]
-    Xt = X
-    errors = pd.Series(None, index=X.index, dtype=object)
-    for _, step in steps[:-1]:
+    errors = _clinical_errors(X, _numeric_columns(pipe, X))
+    Xt: Any = X.loc[errors.isna()]
+    for name, step in steps[:-1]:
         if step in (None, "passthrough"):
             continue
-        Xt = step.transform(Xt)
+        if Xt is None or not len(Xt):
+            break
+        Xt = _row_safe(step.transform, Xt, errors, name)
         if isinstance(Xt, pd.DataFrame) and "load_error" in Xt.columns:
             bad = Xt["load_error"].notna()
             errors.loc[Xt.index[bad]] = Xt.loc[bad, "load_error"]
@@ -47,38 +113,121 @@ def score_frame(pipe: Pipeline, X: pd.DataFrame) -> pd.DataFrame:
     if "patient_id" in X.columns:
         out["patient_id"] = X["patient_id"]
     out["risk"] = float("nan")
-    if len(Xt):
-        out.loc[Xt.index, "risk"] = steps[-1][1].predict(Xt)
-        for col in _OUTPUT_COLUMNS:
-            if isinstance(Xt, pd.DataFrame) and col in Xt.columns:
-                out[col] = Xt[col].reindex(out.index)
-    out["load_error"] = errors
+    if Xt is not None and len(Xt):
+        risk = _row_safe(steps[-1][1].predict, Xt, errors, steps[-1][0])
+        if risk is not None:
+            out.loc[risk.index, "risk"] = np.asarray(risk, dtype=float).ravel()
+        if isinstance(Xt, pd.DataFrame):
+            for col in OUTPUT_COLUMNS:
+                if col in Xt.columns:
+                    out[col] = Xt[col].reindex(out.index)
+    out["error"] = errors
     return out
 
 
-def _set_skip(pipe: Any) -> None:
-    for _, step in getattr(pipe, "steps", []):
-        if hasattr(step, "on_error"):
+def _set_runtime(pipe: Any, cache_dir: str) -> None:
+    """Skip bad images instead of raising; use this run's cache, never the model's."""
+    for _, step in getattr(pipe, "steps", [("model", pipe)]):
+        params = step.get_params(deep=False) if hasattr(step, "get_params") else {}
+        if "on_error" in params:
             step.set_params(on_error="skip")
+        if "cache_dir" in params:
+            step.set_params(cache_dir=cache_dir)
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an output that cannot be written before any work starts (:class:`UsageError`)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'scores.csv'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test", delete=True):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
+def read_clinical(path: Path) -> pd.DataFrame:
+    """The clinical CSV, or a :class:`UsageError` that says why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--clinical {path}: no such file")
+    try:
+        X = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"--clinical {path}: the file is empty (expected a header and rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--clinical {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if X.empty:
+        raise UsageError(f"--clinical {path}: header only, no patient rows")
+    if "image" not in X.columns:
+        raise UsageError(f"--clinical {path}: no 'image' column (file names relative to --images)")
+    return X
+
+
+def _summary(result: pd.DataFrame, X: pd.DataFrame) -> None:
+    """Warnings a user must see: duplicates, rows without vertebrae, a constant image branch."""
+    if "patient_id" in X.columns and X["patient_id"].duplicated().any():
+        dup = X["patient_id"][X["patient_id"].duplicated()].unique()
+        log.warning("warning: %d patient_id values occur more than once (e.g. %s); each row "
+                    "is scored separately", len(dup), dup[0])
+    if "no_vertebra_found" in result.columns:
+        n = int(result["no_vertebra_found"].fillna(False).astype(bool).sum())
+        if n:
+            log.warning("warning: no vertebra was found in %d images (no_vertebra_found); their "
+                        "image scores are a fallback, not a reading of the spine", n)
+    ok = result["error"].isna()
+    for col in _IMAGE_SCORES:
+        if col in result.columns and ok.sum() >= 2 and result.loc[ok, col].nunique() <= 1:
+            log.warning("warning: the image score %r is the same for every scored row: the "
+                        "risks do not use the radiographs", col)
 
 
 def score_patients(model: Path, images: Path, clinical: Path, out: Path,
-                   allow_pickle: bool = False) -> tuple[int, int]:
+                   allow_pickle: bool = False,
+                   cache_dir: str | Path | None = None) -> tuple[int, int]:
     """Score the patients of ``clinical`` (CSV) whose images lie in ``images``.
 
     The CSV's ``image`` column holds file names relative to ``images`` (several
-    per row separated by ``;``). Loading errors are recorded per row, not raised.
+    per row separated by ``;``). Errors are recorded per row, not raised.
+
+    Parameters
+    ----------
+    model : Path
+        Folder written by :func:`fracsurv.save_pipeline`.
+    images : Path
+        Folder the ``image`` column is relative to.
+    clinical : Path
+        CSV with ``patient_id``, ``image`` and the clinical columns.
+    out : Path
+        Output CSV, written atomically; a previous file of that name is removed
+        when the run starts, so a failed run never leaves it looking current.
+    allow_pickle : bool, default=False
+        Allow pickled steps (only for models you trust).
+    cache_dir : path, optional
+        Image cache of this run (reused by later runs). Default: a temporary
+        folder removed afterwards. The cache saved in the model is never used.
 
     Returns
     -------
     (int, int)
         Patients scored, patients that failed.
+
+    Raises
+    ------
+    UsageError
+        For an output that cannot be written or an unusable clinical CSV.
     """
+    out, images = Path(out), Path(images)
+    check_output_path(out)
+    X = read_clinical(clinical)
+    if not images.is_dir():
+        log.warning("warning: --images %s is not a folder: every row will be 'file not found'",
+                    images)
+    out.unlink(missing_ok=True)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
-    _set_skip(pipe)
-    X = pd.read_csv(clinical)
-    if "image" not in X.columns:
-        raise ValueError(f"{clinical}: no 'image' column (file names relative to {images})")
 
     def resolve(cell: Any) -> Any:
         if not isinstance(cell, str):
@@ -87,9 +236,14 @@ def score_patients(model: Path, images: Path, clinical: Path, out: Path,
         return parts[0] if len(parts) == 1 else parts
 
     X["image"] = X["image"].map(resolve)
-    result = score_frame(pipe, X)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.to_csv(out, index=False)
-    n_bad = int(result["load_error"].notna().sum())
-    log.info("scored %d patients, %d failed to load", len(result) - n_bad, n_bad)
+    with tempfile.TemporaryDirectory(prefix="fracsurv-score-") as tmp:
+        _set_runtime(pipe, str(cache_dir) if cache_dir else tmp)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*patient_id.*more than once")
+            result = score_frame(pipe, X)
+    with atomic_open(out, "w") as fh:
+        result.to_csv(fh, index=False)
+    _summary(result, X)
+    n_bad = int(result["error"].notna().sum())
     return len(result) - n_bad, n_bad
+

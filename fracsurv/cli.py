@@ -19,10 +19,28 @@ def _shape(text: str) -> tuple[int, int]:
     return h, w
 
 
+_EPILOG = """exit codes: 0 done (rows that failed are listed in the output's error column),
+1 runtime error or every row failed, 2 usage error (bad arguments, unusable input files)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fracsurv", description="Fracture risk from spine radiographs.")
+    import fracsurv
+
+    p = argparse.ArgumentParser(prog="fracsurv", description="Fracture risk from spine radiographs.",
+                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"fracsurv {fracsurv.__version__}")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("--quiet", action="store_true", help="print warnings and errors only")
+    verbosity.add_argument("--debug", action="store_true",
+                           help="debug log (file paths included) and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the whole pipeline on the synthetic cohort, write a report")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    d = sub.add_parser(
+        "demo", formatter_class=fmt,
+        help="run the whole pipeline on the synthetic cohort, write a report",
+        description="Build the synthetic demo cohort (DICOM files), load the shipped pretrained "
+                    "image models (or train them with --retrain), fit the survival models and "
+                    "write report.html with its figures into --out.")
     d.add_argument("--out", type=Path, default=Path("fracsurv-demo"), help="output folder")
     d.add_argument("--n-patients", type=int, default=None,
                    help="cohort size (default: the demo cohort's size)")
@@ -34,22 +52,40 @@ def _parser() -> argparse.ArgumentParser:
                    help="train the image models from scratch instead of loading the "
                         "pretrained ones shipped with fracsurv")
 
-    s = sub.add_parser("score", help="score new patients with a saved pipeline")
+    s = sub.add_parser(
+        "score", formatter_class=fmt, help="score new patients with a saved pipeline",
+        description="Score every row of --clinical with a pipeline saved by save_pipeline. "
+                    "Output CSV columns: patient_id, risk, the image scores the pipeline makes "
+                    "(pvf, gpvf, risk_group, n_vertebrae, n_fractures, max_grade, "
+                    "no_vertebra_found) and error (why a row has no risk). A bad row never "
+                    "stops the others. Files are named in messages by a hash of their path "
+                    "(--debug logs the path). See docs/score.md.")
     s.add_argument("--model", type=Path, required=True, help="folder written by save_pipeline")
     s.add_argument("--images", type=Path, required=True, help="folder of DICOM/PNG images")
     s.add_argument("--clinical", type=Path, required=True,
                    help="CSV with patient_id, image (file name relative to --images) and the "
                         "clinical columns the model needs")
-    s.add_argument("--out", type=Path, required=True, help="output CSV")
+    s.add_argument("--out", type=Path, required=True,
+                   help="output CSV (written atomically; a previous file is replaced)")
+    s.add_argument("--cache-dir", type=Path, default=None,
+                   help="image cache of this run, reused by later runs (default: a temporary "
+                        "folder; the training machine's cache saved in the model is never used)")
     s.add_argument("--allow-pickle", action="store_true",
                    help="allow steps saved with pickle (only for models you trust)")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fracsurv`` command."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def _logging(args: argparse.Namespace) -> None:
+    """fracsurv's own log only (other libraries' INFO chatter stays silent)."""
+    logger = logging.getLogger("fracsurv")
+    logger.handlers[:] = [logging.StreamHandler(sys.stderr)]
+    logger.handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    logger.setLevel(logging.DEBUG if args.debug else logging.WARNING if args.quiet
+                    else logging.INFO)
+    logger.propagate = False
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from fracsurv.demo import run_demo
 
@@ -60,9 +96,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fracsurv.batch import score_patients
 
     n_ok, n_bad = score_patients(args.model, args.images, args.clinical, args.out,
-                                 allow_pickle=args.allow_pickle)
-    print(f"scored {n_ok} patients, {n_bad} failed (see the load_error column): {args.out}")
-    return 0
+                                 allow_pickle=args.allow_pickle, cache_dir=args.cache_dir)
+    print(f"scored {n_ok} of {n_ok + n_bad} rows -> {args.out}"
+          + (f" ({n_bad} failed: see the error column)" if n_bad else ""))
+    return 1 if n_ok == 0 else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fracsurv`` command; returns the exit code (see ``--help``)."""
+    args = _parser().parse_args(argv)
+    _logging(args)
+    from fracsurv.batch import UsageError
+
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"fracsurv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fracsurv {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"fracsurv {args.command}: error: {type(exc).__name__}: {first} "
+              "(--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -226,3 +226,103 @@ def test_fast_window_equals_pydicom_after_normalisation(name):
     exact, _ = decode_dicom(path)
     fast, _ = decode_dicom(path, exact_range=False)
     np.testing.assert_allclose(minmax(fast), minmax(exact), atol=1e-6)
+
+
+# --- issue 22: geometry follows the image, size limits, truncation, orphans, no paths ---
+
+
+def _upscaled_copy(src, dst, factor):
+    """The DICOM ``src`` with its pixels upscaled ``factor`` times (bilinear)."""
+    from skimage.transform import resize
+
+    ds = pydicom.dcmread(src)
+    arr = ds.pixel_array.astype(float)
+    up = resize(arr, (arr.shape[0] * factor, arr.shape[1] * factor), order=1,
+                anti_aliasing=False, preserve_range=True)
+    ds.PixelData = np.round(up).astype(np.uint16).tobytes()
+    ds.Rows, ds.Columns = up.shape
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(dst, enforce_file_format=True)
+
+
+def _scaled(cell, factor, shift=(0.0, 0.0)):
+    return [{**v, "points": [[(x + .5) * factor - .5 + shift[0], (y + .5) * factor - .5 + shift[1]]
+                             for x, y in v["points"]]} for v in cell]
+
+
+@pytest.mark.parametrize("output_shape, shift", [((64, 32), (0.0, 0.0)), ((64, 64), (16.0, 0.0))])
+def test_keypoints_follow_an_8x_upscale(tmp_path, output_shape, shift):
+    from fracsurv.datasets import make_spine_cohort
+
+    cohort = make_spine_cohort(3, image_shape=(64, 32), random_state=5, out_dir=tmp_path / "c")
+    frame = cohort.frame.copy()
+    big = []
+    for i, p in enumerate(frame["image"]):
+        _upscaled_copy(p, tmp_path / f"big{i}.dcm", 8)
+        big.append(str(tmp_path / f"big{i}.dcm"))
+    X = pd.DataFrame({"image": big, "keypoints": [_scaled(c, 8) for c in frame["keypoints"]]})
+    out = DicomLoader(output_shape=output_shape, clahe=False).fit_transform(X)
+    for got, want in zip(out["keypoints"], frame["keypoints"]):
+        np.testing.assert_allclose([v["points"] for v in got],
+                                   [_scaled([v], 1, shift)[0]["points"] for v in want], atol=1e-6)
+        assert [v["level"] for v in got] == [v["level"] for v in want]
+    # the image moved the same way: the loaded image matches the small original
+    small = DicomLoader(output_shape=(64, 32), clahe=False).fit_transform(frame[["image"]])
+    a = np.asarray(out["image"][0])[:, int(shift[0]):int(shift[0]) + 32]
+    r = np.corrcoef(a.ravel(), np.asarray(small["image"][0]).ravel())[0, 1]
+    assert r > 0.95
+    # without the column nothing is added
+    assert "keypoints" not in DicomLoader(output_shape=(64, 32)).fit_transform(
+        X[["image"]]).columns
+
+
+def test_max_pixels_refuses_before_decoding(tmp_path):
+    src = real("CT_small.dcm")
+    ds = pydicom.dcmread(src)
+    ds.Rows, ds.Columns = 8000, 8000  # a header announcing 64 megapixels
+    ds.save_as(tmp_path / "huge.dcm")
+    X = pd.DataFrame({"image": [str(tmp_path / "huge.dcm"), src]})
+    out = DicomLoader(output_shape=(64, 64), on_error="skip").fit_transform(X)
+    assert "exceeds max_pixels=50000000" in out.loc[0, "load_error"]
+    assert out.loc[1, "load_error"] is None
+    with pytest.raises(DicomLoadError, match="exceeds max_pixels=100"):
+        DicomLoader(output_shape=(64, 64), max_pixels=100).fit_transform(X.iloc[[1]])
+    arr = np.zeros((20, 20))
+    with pytest.raises(DicomLoadError, match="exceeds max_pixels"):
+        DicomLoader(output_shape=(16, 16), max_pixels=399).fit_transform(
+            pd.DataFrame({"image": [arr]}))
+
+
+def test_file_cut_short_says_truncated(tmp_path):
+    data = open(real("CT_small.dcm"), "rb").read()
+    pixels = data.find(b"\xe0\x7f\x10\x00")  # the PixelData tag
+    for n in (200, 1000, pixels + 5000):
+        (tmp_path / "cut.dcm").write_bytes(data[:n])
+        with pytest.raises(DicomLoadError, match="truncated"):
+            decode_dicom(tmp_path / "cut.dcm")
+
+
+def test_errors_name_files_by_hash_not_path(tmp_path):
+    bad = tmp_path / "DOE_JOHN_1950.dcm"
+    bad.write_bytes(b"\x00" * 300)
+    out = DicomLoader(on_error="skip").fit_transform(pd.DataFrame({"image": [str(bad)]}))
+    msg = out.loc[0, "load_error"]
+    assert "DOE" not in msg and str(tmp_path) not in msg and msg.startswith("file #")
+    with pytest.raises(DicomLoadError) as exc:
+        DicomLoader().fit_transform(pd.DataFrame({"image": [str(bad)]}))
+    assert "DOE" not in str(exc.value)
+
+
+def test_orphaned_temporaries_are_removed_on_the_next_run(tmp_path):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    (cache / "ab").mkdir(parents=True)
+    old, young = cache / "ab" / ".x1.tmp", cache / "ab" / ".x2.tmp"
+    old.write_bytes(b"")
+    young.write_bytes(b"")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    DicomLoader(output_shape=(16, 16), cache_dir=str(cache)).fit_transform(
+        pd.DataFrame({"image": [np.ones((20, 20))]}))
+    assert not old.exists() and young.exists()

@@ -524,7 +524,7 @@ def test_alpha_search_over_frozen_sub_models_trains_them_once(data):
     scores = est.clinical_weight_scores_
     assert est.clinical_weight_ == max(scores, key=scores.get)
     # each score is the validation C-index of that weighted sum of the two risks
-    rows = est._valid_rows(len(X), int(np.random.RandomState(0).randint(0, 2**31 - 1)))
+    rows = est._valid_rows(y, int(np.random.RandomState(0).randint(0, 2**31 - 1)))
     r = est.sub_model_risks(X.iloc[rows]).to_numpy()
     for a, score in est.clinical_weight_scores_.items():
         assert score == pytest.approx(concordance_index(y[rows], a * r[:, 0] + (1 - a) * r[:, 1]))
@@ -629,7 +629,7 @@ def _ridge_on_training_rows(est, X, y):
     """The ridge Cox fit on the inner training rows' standardised clinical inputs."""
     from fracsurv.survival import fit_ridge_cox
 
-    train = est._split_rows(len(X), _split_seed(est.random_state))[0]
+    train = est._split_rows(y, _split_seed(est.random_state))[0]
     z = ((X[TAB].to_numpy() - est.x_mean_) / est.x_scale_).astype(np.float32)
     t = torch.as_tensor(np.ascontiguousarray(y["time"][train], dtype=float))
     e = torch.as_tensor(np.ascontiguousarray(y["event"][train], dtype=float))

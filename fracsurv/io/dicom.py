@@ -71,7 +71,8 @@ def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
-                 exact_range: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+                 exact_range: bool = True,
+                 max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode one DICOM file.
 
     Parameters
@@ -86,6 +87,9 @@ def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
         the same linear window into [0, 1] in float32, several times faster on
         large radiographs; the result differs only by an affine rescaling, which
         the loader's min-max normalisation removes.
+    max_pixels : int, optional
+        Refuse images with more pixels (rows x columns x frames, from the header)
+        before decoding them.
 
     Returns
     -------
@@ -103,7 +107,13 @@ def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
     # 1. header (never an identifier in the message)
     ds = _read_header(path)
     try:
-        # 2. pixel data present and decodable
+        # 2. pixel data present, of an acceptable size, and decodable
+        if max_pixels is not None and "Rows" in ds and "Columns" in ds:
+            n = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+            if n > max_pixels:
+                raise DicomLoadError(f"image of {int(ds.Rows)} x {int(ds.Columns)} pixels "
+                                     f"exceeds max_pixels={max_pixels} (raise max_pixels if "
+                                     "this is a genuine radiograph)")
         arr = _pixel_array(ds)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -158,6 +168,14 @@ def _read_header(path: str | Path) -> Any:
 def _pixel_array(ds: Any) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         sop = ds.get("SOPClassUID")
+        meta = getattr(ds, "file_meta", None)
+        sop_name = str(getattr(sop if sop is not None else
+                               (meta.get("MediaStorageSOPClassUID") if meta is not None else None),
+                               "name", ""))
+        if "Rows" in ds or "Image" in sop_name:
+            raise DicomLoadError("truncated file: the header announces an image "
+                                 f"({sop_name or 'Rows present'}) but the file ends before "
+                                 "its pixel data")
         kind = getattr(sop, "name", "unknown SOP class") if sop is not None else "no SOP class"
         raise DicomLoadError(f"no pixel data: not an image object ({kind})")
     for kw in ("BitsAllocated", "Rows", "Columns"):
@@ -170,6 +188,9 @@ def _pixel_array(ds: Any) -> np.ndarray:
         name = getattr(ts, "name", str(ts))
         raise DicomLoadError(f"unsupported transfer syntax {name}: no decoder installed") from None
     except Exception as exc:
+        if "less than expected" in str(exc):
+            raise DicomLoadError("truncated file: the pixel data is shorter than the header "
+                                 "announces") from None
         raise DicomLoadError(redact(f"pixel data cannot be decoded ({type(exc).__name__}: "
                                     f"{exc})", ds)) from None
 

@@ -16,10 +16,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import FrameTransformerMixin, row_label
+from fracsurv._base import FrameTransformerMixin, file_ref, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.dicom import DicomLoadError, decode_dicom
-from fracsurv.io.preprocess import preprocess
+from fracsurv.io.preprocess import geometry, preprocess
 from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
 
 __all__ = ["DicomLoadError", "DicomLoader", "list_dicomdir"]
@@ -38,10 +38,17 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _decode(item: Any, voi: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _check_size(rows: int, cols: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and rows * cols > max_pixels:
+        raise DicomLoadError(f"image of {rows} x {cols} pixels exceeds max_pixels={max_pixels} "
+                             "(raise max_pixels if this is a genuine radiograph)")
+
+
+def _decode(item: Any, voi: Any, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     if isinstance(item, np.ndarray):
         if item.ndim != 2:
             raise DicomLoadError(f"array images must be 2-D, got shape {item.shape}")
+        _check_size(*item.shape, max_pixels)
         return item.astype(np.float32), {"modality": "", "photometric": "array",
                                          "spacing_mm": np.nan, "rows": item.shape[0],
                                          "cols": item.shape[1], "manufacturer": ""}
@@ -49,6 +56,7 @@ def _decode(item: Any, voi: Any) -> tuple[np.ndarray, dict[str, Any]]:
     if not path.is_file():
         raise DicomLoadError("file not found")
     if path.suffix.lower() in _RASTER or path.suffix.lower() == ".npy":
+        _check_size(*_raster_shape(path), max_pixels)
         try:
             img = load_image(path)
         except Exception as exc:
@@ -56,7 +64,43 @@ def _decode(item: Any, voi: Any) -> tuple[np.ndarray, dict[str, Any]]:
         return img, {"modality": "", "photometric": path.suffix.lower().lstrip("."),
                      "spacing_mm": np.nan, "rows": img.shape[0], "cols": img.shape[1],
                      "manufacturer": ""}
-    return decode_dicom(path, voi, exact_range=False)  # the range is min-max normalised later
+    # the range is min-max normalised later, so the fast linear window is exact enough
+    return decode_dicom(path, voi, exact_range=False, max_pixels=max_pixels)
+
+
+def _raster_shape(path: Path) -> tuple[int, int]:
+    """(rows, cols) from the file header, before any pixel is decoded."""
+    if path.suffix.lower() == ".npy":
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except Exception as exc:
+            raise DicomLoadError(f"unreadable image file ({type(exc).__name__})") from None
+        return (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 else (1, int(np.prod(shape)))
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as exc:
+        raise DicomLoadError(f"unreadable image file ({type(exc).__name__})") from None
+    return h, w
+
+
+def _moved_keypoints(cell: Any, meta: dict[str, Any], loader: DicomLoader) -> Any:
+    """A row's keypoint annotation in the output image's pixels (see :func:`geometry`)."""
+    if not isinstance(cell, list | tuple) or not meta or not meta.get("rows"):
+        return cell
+    sy, sx, oy, ox = geometry(meta["rows"], meta["cols"], output_shape=loader.output_shape,
+                              spacing_mm=meta.get("spacing_mm") or float("nan"),
+                              target_spacing=loader.target_spacing)
+    out = []
+    for v in cell:
+        if isinstance(v, dict) and "points" in v:
+            p = np.asarray(v["points"], float)
+            moved = np.stack([(p[..., 0] + .5) * sx - .5 + ox, (p[..., 1] + .5) * sy - .5 + oy], -1)
+            v = {**v, "points": moved.tolist()}
+        out.append(v)
+    return out
 
 
 class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
@@ -81,6 +125,15 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         Content-addressed cache (float16 ``.npy``). ``None`` keeps arrays in memory.
         The key covers the file content and every parameter above; an entry that
         exists is reused, so an interrupted run resumes.
+    keypoints_column : str or None, default="keypoints"
+        When X has this column (vertebra annotations in the pixels of the
+        original files, see ``docs/data_contract.md``), its points are moved
+        with the image: resampling, resizing and padding are applied to them,
+        so a ``VertebraCropper`` downstream trains on the right targets.
+    max_pixels : int or None, default=50_000_000
+        Images with more pixels (rows x columns, read from the header before
+        decoding) are refused with a per-row error: a small compressed file can
+        otherwise decode to gigabytes. Radiographs have at most ~20 million.
     on_error : {"raise", "skip"}, default="raise"
         ``"skip"``: failing rows get no image and a ``load_error`` message; the
         others are processed.
@@ -108,6 +161,8 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         "clahe_kernel_size": [Interval(Integral, 1, None, closed="left"), None],
         "normalize": [StrOptions({"minmax", "zscore", "none"}), None],
         "cache_dir": [str, os.PathLike, None],
+        "keypoints_column": [str, None],
+        "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "skip"})],
         "n_jobs": [Integral, None],
         "verbose": ["verbose"],
@@ -117,6 +172,7 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
                  voi: Any = "auto", target_spacing: float | None = None, clahe: bool = True,
                  clahe_clip_limit: float = 0.01, clahe_kernel_size: int | None = None,
                  normalize: str = "minmax", cache_dir: str | None = None,
+                 keypoints_column: str | None = "keypoints", max_pixels: int | None = 50_000_000,
                  on_error: str = "raise", n_jobs: int | None = None, verbose: int = 0) -> None:
         self.image_column = image_column
         self.output_shape = output_shape
@@ -127,6 +183,8 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         self.clahe_kernel_size = clahe_kernel_size
         self.normalize = normalize
         self.cache_dir = cache_dir
+        self.keypoints_column = keypoints_column
+        self.max_pixels = max_pixels
         self.on_error = on_error
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -173,7 +231,7 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
                 ref, meta = cache.get(key), cache.get_meta(key)
                 if ref is not None and meta is not None:
                     return ref, meta
-        img, meta = _decode(item, self.voi)
+        img, meta = _decode(item, self.voi, self.max_pixels)
         meta = {k: meta[k] for k in META_COLUMNS}
         out = preprocess(img, output_shape=self.output_shape, spacing_mm=meta["spacing_mm"],
                          target_spacing=self.target_spacing, clahe=self.clahe,
@@ -194,7 +252,11 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
             try:
                 ref, meta = self._one(item)
             except DicomLoadError as exc:
-                where = "an array" if isinstance(item, np.ndarray) else f"file {str(item)!r}"
+                if isinstance(item, np.ndarray):
+                    where = "an array"
+                else:
+                    where = file_ref(item)
+                    log.debug("%s is %s", where, item)  # the path only at DEBUG level
                 return None, None, f"{where}: {exc}"
             refs.append(ref)
             metas.append(meta)
@@ -209,6 +271,8 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         self._check_voi()
         self._check_frame(X)
         cells = list(X[self.image_column])
+        if self.cache_dir:
+            ImageCache(self.cache_dir).remove_orphans()
         jobs = (delayed(self._row)(c) for c in cells)
         if self.verbose:
             from tqdm.auto import tqdm
@@ -228,6 +292,10 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         for col in META_COLUMNS:
             out[col] = [m.get(col, np.nan if col == "spacing_mm" else None) for m in meta_rows]
         out["spacing_mm"] = pd.to_numeric(out["spacing_mm"], errors="coerce")
+        kp = self.keypoints_column
+        if kp and kp in X.columns:
+            out[kp] = pd.Series([_moved_keypoints(c, m, self) for c, m in zip(X[kp], meta_rows)],
+                                index=X.index, dtype=object)
         if self.on_error == "skip":
             out["load_error"] = pd.Series(errors, index=X.index, dtype=object)
             n_bad = sum(e is not None for e in errors)

@@ -12,7 +12,7 @@ from skimage import exposure, transform
 
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 
-__all__ = ["minmax", "preprocess", "resize_and_pad"]
+__all__ = ["geometry", "minmax", "preprocess", "resize_and_pad"]
 
 
 def minmax(img: np.ndarray) -> np.ndarray:
@@ -24,18 +24,54 @@ def minmax(img: np.ndarray) -> np.ndarray:
     return (img - lo) / (hi - lo)
 
 
+def _fit_box(h: int, w: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(new_h, new_w, top, left)`` of an ``h x w`` image resized to fit ``shape``, centred."""
+    scale = min(shape[0] / h, shape[1] / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return nh, nw, (shape[0] - nh) // 2, (shape[1] - nw) // 2
+
+
 def resize_and_pad(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize keeping the aspect ratio so the image fits ``shape``; centre it on zeros."""
     h, w = img.shape
-    scale = min(shape[0] / h, shape[1] / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw, top, left = _fit_box(h, w, shape)
     if (nh, nw) != (h, w):
-        img = transform.resize(img, (nh, nw), order=1, anti_aliasing=scale < 1,
+        img = transform.resize(img, (nh, nw), order=1, anti_aliasing=nh < h,
                                preserve_range=True).astype(np.float32)
     out = np.zeros(shape, np.float32)
-    top, left = (shape[0] - nh) // 2, (shape[1] - nw) // 2
     out[top:top + nh, left:left + nw] = img
     return out
+
+
+def _spacing_factor(spacing_mm: float, target_spacing: float | None) -> float | None:
+    if target_spacing is not None and np.isfinite(spacing_mm) and spacing_mm > 0:
+        factor = spacing_mm / target_spacing
+        if abs(factor - 1) > 1e-3:
+            return factor
+    return None
+
+
+def geometry(rows: int, cols: int, *, output_shape: tuple[int, int] | None = DEFAULT_IMAGE_SHAPE,
+             spacing_mm: float = float("nan"),
+             target_spacing: float | None = None) -> tuple[float, float, float, float]:
+    """Where :func:`preprocess` puts a point of the decoded ``rows x cols`` image.
+
+    Returns
+    -------
+    (scale_y, scale_x, offset_y, offset_x)
+        A point ``(x, y)`` in input pixels (pixel centres at integers) lands at
+        ``((x + .5) * scale_x - .5 + offset_x, (y + .5) * scale_y - .5 + offset_y)``,
+        the convention of scikit-image's resize.
+    """
+    h, w = int(rows), int(cols)
+    factor = _spacing_factor(spacing_mm, target_spacing)
+    if factor is not None:  # scikit-image's rescale rounds the output shape
+        h, w = max(1, round(h * factor)), max(1, round(w * factor))
+    top = left = 0
+    nh, nw = h, w
+    if output_shape is not None:
+        nh, nw, top, left = _fit_box(h, w, tuple(output_shape))
+    return nh / int(rows), nw / int(cols), float(top), float(left)
 
 
 def preprocess(
@@ -51,11 +87,9 @@ def preprocess(
 ) -> np.ndarray:
     """Apply the preprocessing chain to a decoded image (bone bright)."""
     img = minmax(img)
-    if target_spacing is not None and np.isfinite(spacing_mm) and spacing_mm > 0:
-        factor = spacing_mm / target_spacing
-        if abs(factor - 1) > 1e-3:
-            img = transform.rescale(img, factor, order=1, anti_aliasing=factor < 1,
-                                    preserve_range=True).astype(np.float32)
+    if (factor := _spacing_factor(spacing_mm, target_spacing)) is not None:
+        img = transform.rescale(img, factor, order=1, anti_aliasing=factor < 1,
+                                preserve_range=True).astype(np.float32)
     if output_shape is not None:
         img = resize_and_pad(img, tuple(output_shape))
     if clahe:

@@ -13,13 +13,15 @@ patient identifier.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fracsurv._atomic import atomic_open, atomic_write_text, remove_orphans
 
 __all__ = ["ImageCache", "hash_parts", "is_missing", "iter_cell", "load_image"]
 
@@ -67,6 +69,10 @@ class ImageCache:
     def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
         self.cache_dir = Path(cache_dir)
 
+    def remove_orphans(self, max_age_s: float = 3600.0) -> int:
+        """Delete temporaries older than ``max_age_s`` left by killed writers; returns the count."""
+        return remove_orphans(self.cache_dir, "*/*.tmp", max_age_s)
+
     def path_for(self, key: str) -> Path:
         """Path of the entry with hex ``key`` (two-level fan-out)."""
         return self.cache_dir / key[:2] / f"{key}.npy"
@@ -90,36 +96,17 @@ class ImageCache:
         path = self.path_for(key)
         if path.is_file():
             return str(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
         return str(path)
 
     def put_meta(self, key: str, meta: dict[str, Any]) -> None:
         """Store a JSON sidecar for ``key`` (atomic, like :meth:`put`)."""
-        import json
-
         path = self.path_for(key).with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(meta, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(meta))
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         """The JSON sidecar of ``key``, if any."""
-        import json
-
         path = self.path_for(key).with_suffix(".json")
         return json.loads(path.read_text()) if path.is_file() else None
 

@@ -56,13 +56,19 @@ from skorch.callbacks import EarlyStopping, ProgressBar
 from skorch.dataset import ValidSplit
 
 import fracsurv
+from fracsurv._atomic import atomic_write_text
 from fracsurv._base import derive_seed
 from fracsurv._serial import (
-    from_json,
+    MACHINE_PARAMS,
+    ModelFormatError,
+    checked_params,
     import_allowed_class,
     params_json,
     read_arrays,
+    read_json,
+    require,
     to_json,
+    versions,
     write_arrays,
 )
 
@@ -360,10 +366,11 @@ class TorchEstimatorMixin:
         config = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "fracsurv_version": fracsurv.__version__,
+            "versions": versions(),
             "params": params_json(self.get_params(deep=False)),  # type: ignore[attr-defined]
             "meta": to_json(meta),
         }
-        (path / "config.json").write_text(json.dumps(config, indent=2))
+        atomic_write_text(path / "config.json", json.dumps(config, indent=2))
         return path
 
     @classmethod
@@ -375,21 +382,55 @@ class TorchEstimatorMixin:
         return est
 
 
-def load_model(path: str | Path) -> Any:
+def load_model(path: str | Path, *, check_version: bool = True) -> Any:
     """Load any fracsurv torch estimator saved with ``save`` (safetensors + JSON).
 
-    Only classes defined inside the ``fracsurv`` package are instantiated.
+    Only fracsurv's public torch estimators are instantiated, with parameters
+    checked as :func:`fracsurv._serial.checked_params` does; machine-specific
+    paths (``cache_dir``, ``checkpoint_dir``) are not taken from the folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        Folder with ``config.json`` and ``weights.safetensors``.
+    check_version : bool, default=True
+        Warn when the model was saved by another fracsurv version.
+
+    Raises
+    ------
+    ModelFormatError
+        Naming the file and problem (broken JSON, missing key, truncated or
+        mismatched weights, a refused class or parameter).
     """
+    import warnings
+
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    cls = import_allowed_class(config["class"], ("fracsurv",))
-    est = cls(**from_json(config["params"]))
-    tensors = read_arrays(path / "weights.safetensors")
+    where = path / "config.json"
+    config = read_json(where)
+    cls = import_allowed_class(require(config, "class", where), ("fracsurv",), str(where),
+                               base=TorchEstimatorMixin)
+    params = checked_params(require(config, "params", where), cls, str(where))
+    for key in MACHINE_PARAMS:
+        params.pop(key, None)
+    if check_version and config.get("fracsurv_version") != fracsurv.__version__:
+        warnings.warn(f"{where}: saved by fracsurv {config.get('fracsurv_version')}, this is "
+                      f"{fracsurv.__version__}", UserWarning, stacklevel=2)
+    weights = path / "weights.safetensors"
+    tensors = read_arrays(weights)
     arrays = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
-    est._restore(config["meta"], arrays)
+    est = cls(**params)
+    try:
+        est._restore(require(config, "meta", where), arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: saved state does not match {cls.__name__} "
+                               f"({type(exc).__name__}: {exc})") from None
     state = {k[len("module."):]: torch.from_numpy(v.copy())
              for k, v in tensors.items() if k.startswith("module.")}
-    est.module_.load_state_dict(state)
+    try:
+        est.module_.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{weights}: weights do not match the network "
+                               f"({str(exc).splitlines()[0]})") from None
     est.module_.eval()
     return est
 

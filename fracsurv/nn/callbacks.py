@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from skorch.callbacks import Callback
+
+from fracsurv._atomic import atomic_open
 
 __all__ = ["EMACallback", "EpochCheckpoint", "read_checkpoint", "save_checkpoint"]
 
@@ -94,16 +95,8 @@ class EpochCheckpoint(Callback):
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "wb") as fh:
+        torch.save(state, fh)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from fracsurv._base import check_features, check_survival_y, survival_arrays
 from fracsurv.nn.base import TABULAR_INFERENCE_SCALE, TorchEstimatorMixin
 from fracsurv.nn.mlp import ACTIVATIONS, make_mlp
+from fracsurv.nn.splits import EventStratifiedSplit
 from fracsurv.survival._mixin import BreslowSurvivalMixin
 from fracsurv.survival.callbacks import ValidCIndex
 from fracsurv.survival.loss import CoxLoss, ridge_penalty
@@ -182,6 +183,11 @@ class DeepSurvRegressor(BreslowSurvivalMixin, TorchEstimatorMixin, BaseEstimator
         # by the callback FusionSurvival selects its epochs with
         net = self._make_net(module, criterion, n_train=len(Xs), valid_batch_size=-1,
                              callbacks=[ValidCIndex()])
+        if net.train_split is not None:
+            net.train_split = EventStratifiedSplit(
+                self._training_settings()["validation_fraction"], target[:, 1] > 0,
+                self.random_state if isinstance(self.random_state, int) else None,
+                owner=type(self).__name__)
         self._fit_net(net, Xs, target)
         self._fit_baseline(self._raw_predict(Xs), y)
         return self

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 from skorch.callbacks import EarlyStopping, LRScheduler
-from skorch.dataset import ValidSplit
 
 from fracsurv._base import survival_arrays
 from fracsurv.nn.base import IMAGE_INFERENCE_SCALE
+from fracsurv.nn.splits import EventStratifiedSplit
 from fracsurv.survival._fusion_nets import FusionCoxLoss, FusionNet
 from fracsurv.survival.callbacks import ValidCIndex
 from fracsurv.survival.deepsurv import survival_target_tensor
@@ -102,7 +102,7 @@ class FusionTrainingMixin:
         """
 
     def _train_stage(self, module: FusionNet, stage: str, frozen: tuple[str, ...],
-                     ds: FusionImages, split_seed: int) -> Any:
+                     ds: FusionImages, split_seed: int, events: np.ndarray) -> Any:
         module.stage = stage
         module.freeze(frozen)
         self.on_stage_begin(module, stage, frozen)
@@ -113,8 +113,7 @@ class FusionTrainingMixin:
                              callbacks=self._callbacks(epochs), early_stopping=False,
                              iterator_kwargs={"num_workers": int(self.num_workers)})
         if self.validation_fraction:
-            net.train_split = ValidSplit(float(self.validation_fraction), stratified=False,
-                                         random_state=split_seed)
+            net.train_split = self._splitter(events, split_seed)
         ds.skip_images = stage == "tabular"
         try:
             self._fit_net(net, ds)
@@ -124,18 +123,20 @@ class FusionTrainingMixin:
                                 "history": net.history.to_list()})
         return net
 
-    def _valid_rows(self, n: int, split_seed: int) -> np.ndarray:
-        """Row positions of the inner validation split (the same one skorch uses)."""
-        return self._split_rows(n, split_seed)[1]
+    def _splitter(self, events: np.ndarray, split_seed: int) -> EventStratifiedSplit:
+        return EventStratifiedSplit(float(self.validation_fraction), events, split_seed,
+                                    owner=type(self).__name__)
 
-    def _split_rows(self, n: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training, validation) row positions of the inner split; all rows both
-        ways without one."""
+    def _valid_rows(self, y: np.ndarray, split_seed: int) -> np.ndarray:
+        """Row positions of the inner validation split (the same one skorch uses)."""
+        return self._split_rows(y, split_seed)[1]
+
+    def _split_rows(self, y: np.ndarray, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) row positions of the inner split, stratified on the
+        events of ``y``; all rows both ways without one."""
         if not self.validation_fraction:
-            return np.arange(n), np.arange(n)
-        train, valid = ValidSplit(float(self.validation_fraction), stratified=False,
-                                  random_state=split_seed)(np.arange(n))
-        return np.asarray(train.indices), np.asarray(valid.indices)
+            return np.arange(len(y)), np.arange(len(y))
+        return self._splitter(survival_arrays(y)[0], split_seed).rows()
 
     def _exact_clinical(self) -> bool:
         """A linear clinical branch started at its exact fit needs no training stage."""
@@ -152,7 +153,7 @@ class FusionTrainingMixin:
         if self.linear_init != "cox" or module.clinical_linear() is None:
             return
         ds = data.ds
-        rows = self._split_rows(len(ds), data.split_seed)[0]
+        rows = self._split_rows(data.y, data.split_seed)[0]
         t = torch.as_tensor(survival_target_tensor(data.y, np.float64)[rows])
         w = fit_ridge_cox(torch.as_tensor(ds.tabular[rows]), t[:, 0], t[:, 1], ties=self.ties)
         module.set_clinical_linear(w)
@@ -163,6 +164,7 @@ class FusionTrainingMixin:
 
     def _fit_stages(self, module: FusionNet, data: FitData) -> None:
         ds, split_seed = data.ds, data.split_seed
+        events = survival_arrays(data.y)[0]
         self._init_clinical_linear(module, data)
         parts = self._pretrain_parts()
         for part in parts:  # each sub-model alone, on its own risk head
@@ -172,7 +174,7 @@ class FusionTrainingMixin:
                 continue
             others = tuple(p for p in ("image", "tabular", "fuse", "aux_head")
                            if p != part and not (part == "image" and p == "aux_head"))
-            self._train_stage(module, part, others, ds, split_seed)
+            self._train_stage(module, part, others, ds, split_seed, events)
         frozen = parts if self.freeze_pretrained else ()
         if self.fusion == "late" and set(parts) == {"image", "tabular"}:
             self.module_ = module
@@ -186,7 +188,7 @@ class FusionTrainingMixin:
             module.freeze(())
             self.module_ = module
             return  # nothing left to train
-        self._train_stage(module, "fusion", tuple(frozen), ds, split_seed)
+        self._train_stage(module, "fusion", tuple(frozen), ds, split_seed, events)
         module.freeze(())
 
     def _fit_late_head(self, module: FusionNet, data: FitData) -> None:
@@ -199,7 +201,7 @@ class FusionTrainingMixin:
         """
         X, tab = data.X, data.tab
         target = survival_target_tensor(data.y, np.float64)
-        rows = self._valid_rows(len(X), data.split_seed)
+        rows = self._valid_rows(data.y, data.split_seed)
         if self.head_rows == "all" or target[rows, 1].sum() < _MIN_HEAD_EVENTS:
             rows = np.arange(len(X))
         risks = torch.as_tensor(self._sub_risks(X.iloc[rows], tab[rows]), dtype=torch.float64)
@@ -254,7 +256,7 @@ class FusionTrainingMixin:
         self._fit_stages(module, data)
         X, tab, y = data.X, data.tab, data.y
         rows = (np.arange(len(X)) if self.head_rows == "all"
-                else self._valid_rows(len(X), data.split_seed))
+                else self._valid_rows(y, data.split_seed))
         risks = self._sub_risks(X.iloc[rows], tab[rows])
         has_events = bool(survival_arrays(y[rows])[0].any())
         scores = {a: concordance_index(y[rows], a * risks[:, 0] + (1 - a) * risks[:, 1])
