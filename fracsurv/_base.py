@@ -14,8 +14,8 @@ import pandas as pd
 
 __all__ = ["DEPRECATED", "FrameTransformerMixin", "append_columns", "appended_feature_names",
            "check_features",
-           "check_survival_y", "derive_seed", "renamed_attribute", "renamed_param", "row_label",
-           "survival_arrays"]
+           "check_survival_y", "derive_seed", "file_ref", "parallel", "renamed_attribute", "renamed_param", "row_label",
+           "survival_arrays", "warn_duplicate_ids"]
 
 
 def appended_feature_names(names: Any, added: Any) -> np.ndarray:
@@ -131,6 +131,27 @@ def warn_duplicate_ids(X: pd.DataFrame, owner: str) -> None:
         n = int(X["patient_id"].duplicated().sum())
         warnings.warn(f"{owner}: {n} rows repeat a patient_id that occurs earlier in X; each "
                       "row is treated as a separate patient", UserWarning, stacklevel=3)
+
+
+def parallel(n_jobs: int | None) -> Any:
+    """``joblib.Parallel`` whose loky workers exit after a short idle time.
+
+    joblib keeps idle loky workers for 300 s; when the parent process is killed
+    (SIGKILL, an out-of-memory kill) they would linger that long holding their
+    memory. fracsurv's workers exit after ``$FRACSURV_WORKER_IDLE_S`` seconds
+    (default 30) without work instead. Another backend chosen with
+    ``joblib.parallel_config`` (e.g. dask) is used unchanged.
+    """
+    import os
+
+    from joblib import Parallel
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    kwargs = {}
+    if type(backend).__name__ == "LokyBackend":
+        kwargs["idle_worker_timeout"] = float(os.environ.get("FRACSURV_WORKER_IDLE_S", 30))
+    return Parallel(n_jobs=n_jobs, **kwargs)
 
 
 def file_ref(path: Any) -> str:

@@ -181,7 +181,36 @@ def test_demo_cohort_is_cached(tmp_path):
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("*.dcm")) == stamp
     assert a.frame["patient_id"].tolist() == b.frame["patient_id"].tolist()
     assert isinstance(a.frame["keypoints"][0], list)
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_two_processes_building_the_demo_cohort_both_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from fracsurv.datasets import load_demo_cohort; "
+            "b = load_demo_cohort(n_patients=12, image_shape=(64, 32), data_home=sys.argv[1]); "
+            "print(len(b.frame), b.frame['patient_id'].iloc[-1])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert outs[0][0] == outs[1][0] and outs[0][0].startswith("12 ")
+    assert not list(tmp_path.glob(".*partial*"))
+    assert load_demo_cohort(n_patients=12, image_shape=(64, 32),
+                            data_home=tmp_path).frame.shape[0] == 12
+
+
+def test_a_damaged_demo_cache_is_rebuilt(tmp_path, caplog):
+    a = load_demo_cohort(n_patients=6, image_shape=(64, 32), data_home=tmp_path)
+    folder = next(p for p in tmp_path.iterdir() if p.name.startswith("spine_"))
+    (folder / "cohort.csv").write_text("patient_id,keypoints\nP0,{not json")
+    (tmp_path / f".{folder.name}.partial-killed").mkdir()  # left by a killed build
+    with caplog.at_level("WARNING", logger="fracsurv.datasets"):
+        b = load_demo_cohort(n_patients=6, image_shape=(64, 32), data_home=tmp_path)
+    assert "damaged" in caplog.text
+    assert b.frame["patient_id"].tolist() == a.frame["patient_id"].tolist()
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_ageing_only_moves_forward():
@@ -250,7 +279,7 @@ def test_demo_cache_is_keyed_by_generator_version(tmp_path):
     from fracsurv.datasets.spine import GENERATOR_VERSION
 
     load_demo_cohort(n_patients=4, image_shape=(64, 32), data_home=tmp_path)
-    names = [p.name for p in tmp_path.iterdir()]
+    names = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert GENERATOR_VERSION == 4 and names == ["spine_v4_n4_64x32_rs2024"]
 
 

@@ -202,3 +202,18 @@ def test_bad_features_name_the_row():
     X2 = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "sex": ["f", "m", "f", "m"]})
     with pytest.raises(ValueError, match=r"non-numeric.*'sex'"):
         DeepSurvRegressor(**FAST).fit(X2, y)
+
+
+def test_lbfgs_stops_once_the_loss_has_converged():
+    from sksurv.column import encode_categorical
+    from sksurv.datasets import load_whas500
+
+    X, y = load_whas500()
+    X = encode_categorical(X).astype(float)
+    model = DeepSurvRegressor(hidden_units=(16,), optimizer="lbfgs", lr=1.0, weight_decay=1.0,
+                              batch_norm=False, dropout=0.0, max_epochs=200,
+                              random_state=0).fit(X, y)
+    losses = np.asarray(model.net_.history[:, "train_loss"])
+    assert len(losses) < 20  # it ran all 200 before
+    assert abs(losses[-1] - losses[-2]) <= 1e-7 * abs(losses[-1])
+    assert model.score(X, y) > 0.75

@@ -326,3 +326,45 @@ def test_orphaned_temporaries_are_removed_on_the_next_run(tmp_path):
     DicomLoader(output_shape=(16, 16), cache_dir=str(cache)).fit_transform(
         pd.DataFrame({"image": [np.ones((20, 20))]}))
     assert not old.exists() and young.exists()
+
+
+def test_workers_of_a_killed_process_exit(tmp_path):
+    """SIGKILL of a parent with n_jobs=2 must not leave loky workers running for minutes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time, numpy as np, pandas as pd; from fracsurv.io import DicomLoader; "
+            "X = pd.DataFrame({'image': [np.random.rand(40, 20) for _ in range(8)]}); "
+            "DicomLoader(output_shape=(32, 16), n_jobs=2).fit_transform(X); "
+            "print('ready', flush=True); time.sleep(120)")
+    env = {**os.environ, "FRACSURV_WORKER_IDLE_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout.readline().strip() == "ready"
+
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # workers are re-parented after the kill; find them by their environment marker. An
+    # orphaned loky worker exits after its idle timeout plus loky's 30 s wait for the
+    # (dead) parent's exit lock: about 32 s here, 330 s with joblib's default timeout
+    deadline = time.time() + 75
+    while True:
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True,
+                             text=True).stdout
+        left = [ln for ln in out.splitlines() if "loky" in ln
+                and _env_has(ln.split()[0], "FRACSURV_WORKER_IDLE_S=2")]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not left, left
+
+
+def _env_has(pid, marker):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return marker.encode() in fh.read()
+    except OSError:
+        return False

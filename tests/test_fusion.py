@@ -676,3 +676,14 @@ def test_mlp_clinical_branch_starts_at_the_linear_cox_model(data, fusion):
                                atol=1e-6)
     assert not est.start_["head.weight"].any()
     assert est.histories_[0]["history"]  # and then trained
+
+
+def test_a_dead_image_branch_warns(data, fitted):
+    (X, y, _), _ = data
+    assert all(m.image_branch_alive_ for m in fitted.values())
+    blank = X.copy()
+    blank["crops"] = [np.full((3, 12, 12), 0.3, np.float32) for _ in range(len(X))]
+    with pytest.warns(UserWarning, match="dead image branch"):
+        est = FusionSurvival(image_input="crops", fusion="late",
+                             **{**FAST, "max_epochs": 2}).fit(blank, y)
+    assert est.image_branch_alive_ is False

@@ -64,3 +64,20 @@ def test_fusion_split_rows_are_stratified():
         for seed in range(10):
             _train, valid = est._split_rows(y, seed)
             assert event[valid].sum() >= 1 and len(valid) == 12
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_tiny_fits_give_a_clear_minimum_size_error(n):
+    import pandas as pd
+
+    from fracsurv.scoring import PVFScorer
+
+    X = np.random.default_rng(0).random((n, 3))
+    y = Surv.from_arrays([True, False, True][:n], np.arange(1.0, n + 1))
+    with pytest.raises(ValueError, match=r"DeepSurvRegressor: fit needs at least 7 rows"):
+        DeepSurvRegressor(max_epochs=1).fit(X, y)
+    DeepSurvRegressor(max_epochs=1, validation_fraction=0).fit(X, y)  # what the message says
+    frame = pd.DataFrame({"image": [np.zeros((32, 16), np.float32)] * n})
+    labels = np.arange(n) % 2
+    with pytest.raises(ValueError, match=r"PVFScorer: fit needs at least \d+ rows"):
+        PVFScorer(max_epochs=1, input_shape=(32, 16)).fit(frame, labels)

@@ -194,6 +194,17 @@ def test_td_auc_table_equals_sksurv(whas):
     assert len(fig.axes[0].get_lines()) == 3  # two scores + the 0.5 line
 
 
+def test_td_auc_with_times_that_print_alike(whas):
+    # a tiny demo cohort's quantile times can coincide to 2 decimals: one column each,
+    # and the figure draws (it raised "x and y must have the same first dimension")
+    X, y = whas
+    t0 = float(np.median(y["lenfol"][y["fstat"]]))
+    t = td_auc_table(y, y, {"age": X["age"].to_numpy()}, [t0, t0 + 1e-4, t0 + 100])
+    assert [c for c in t.columns if c.startswith("t=")] == [f"t={t0:.2f}", f"t={t0 + 100:.2f}"]
+    line = td_auc_figure(t).axes[0].get_lines()[0]
+    assert len(line.get_xdata()) == 2
+
+
 def _mann_whitney_auc(label, s):
     pos, neg = s[label], s[~label]
     diff = pos[:, None] - neg[None, :]

@@ -12,16 +12,18 @@ The generative model is documented in ``docs/synthetic_cohort.md``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 from sklearn.utils import Bunch
 from sksurv.util import Surv
 
+from fracsurv._base import parallel
 from fracsurv.datasets import _clinical as clin
 from fracsurv.datasets._patient import (
     FOV_TYPES,
@@ -32,6 +34,8 @@ from fracsurv.datasets._patient import (
 )
 
 __all__ = ["CLINICAL_COLUMNS", "FOV_TYPES", "load_demo_cohort", "make_spine_cohort"]
+
+log = logging.getLogger("fracsurv.datasets")
 
 CLINICAL_COLUMNS = list(clin.CLINICAL_COLUMNS)
 # Bump whenever the simulation changes: cached demo cohorts are keyed by it.
@@ -119,7 +123,7 @@ def make_spine_cohort(
     # 4. outcomes from the documented proportional-hazards model
     lp, event, time, t_event = clin.outcomes(df, n_vf, sdi, fx_rng)
     # 5. follow-ups and pixels, one task per patient (deterministic for any n_jobs)
-    sims = Parallel(n_jobs=n_jobs)(
+    sims = parallel(n_jobs=n_jobs)(
         delayed(_visit_worker)(streams[i][1], plans[i], rows[i], shape, n_followups,
                                float(t_event[i]), bool(event[i]), images)
         for i in range(n_patients))
@@ -232,6 +236,21 @@ def demo_data_home() -> Path:
     return Path(os.environ.get("FRACSURV_DATA", Path.home() / ".cache" / "fracsurv"))
 
 
+_COMPLETE = "complete.json"
+
+
+def _readable(folder: Path) -> Bunch | None:
+    """The cohort in ``folder`` if it is complete and reads back, else None."""
+    if not (folder / _COMPLETE).is_file():
+        return None
+    try:
+        return read_cohort_csv(folder)
+    except Exception as exc:  # a damaged cache is rebuilt, never fatal
+        log.warning("demo cohort cache %s is damaged (%s: %s); rebuilding it", folder.name,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+
+
 def load_demo_cohort(n_patients: int = 800, image_shape: tuple[int, int] = (256, 128),
                      random_state: int = 2024, data_home: str | os.PathLike[str] | None = None,
                      dicom: bool = True) -> Bunch:
@@ -239,25 +258,53 @@ def load_demo_cohort(n_patients: int = 800, image_shape: tuple[int, int] = (256,
 
     Images are written as DICOM files (so the pipeline starts from real DICOM);
     later calls read the tables back instead of simulating again.
+
+    Safe with several processes: the cohort is built in a private temporary
+    folder and published by one atomic rename under a file lock, so a second
+    caller waits and then reads the finished cohort. A cached folder that is
+    incomplete or does not read back is rebuilt; build folders left by a killed
+    process are removed by the next build.
     """
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+
+    from fracsurv._atomic import atomic_write_text
+
     home = Path(data_home) if data_home else demo_data_home()
     name = (f"spine_v{GENERATOR_VERSION}_n{n_patients}_{image_shape[0]}x{image_shape[1]}"
             f"_rs{random_state}")
     folder = home / name
-    if (folder / "cohort.csv").is_file() and (folder / "patients_truth.csv").is_file():
-        return read_cohort_csv(folder)
-    tmp = home / (name + ".partial")
-    bunch = make_spine_cohort(n_patients, image_shape=image_shape, random_state=random_state,
+    if (bunch := _readable(folder)) is not None:
+        return bunch
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home / f".{name}.lock")):
+        if (bunch := _readable(folder)) is not None:  # built by another process meanwhile
+            return bunch
+        _remove_stale_builds(home, name)
+        tmp = Path(tempfile.mkdtemp(dir=home, prefix=f".{name}.partial-"))
+        try:
+            make_spine_cohort(n_patients, image_shape=image_shape, random_state=random_state,
                               out_dir=tmp, dicom=dicom)
-    del bunch
-    # the folder only becomes visible once complete
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    _rewrite_paths(tmp, folder)
-    tmp.rename(folder)
+            _rewrite_paths(tmp, folder)
+            atomic_write_text(tmp / _COMPLETE, json.dumps({"generator_version": GENERATOR_VERSION,
+                                                           "n_patients": n_patients}))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return read_cohort_csv(folder)
+
+
+def _remove_stale_builds(home: Path, name: str) -> None:
+    """Build folders of killed processes (called under the lock: no live build exists)."""
+    import shutil
+
+    for old in home.glob(f".{name}.partial-*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _rewrite_paths(tmp: Path, final: Path) -> None:

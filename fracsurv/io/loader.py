@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fracsurv._base import FrameTransformerMixin, file_ref, row_label
+from fracsurv._base import FrameTransformerMixin, file_ref, parallel, row_label
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.dicom import DicomLoadError, decode_dicom
 from fracsurv.io.preprocess import geometry, preprocess
@@ -278,7 +278,7 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
             from tqdm.auto import tqdm
 
             jobs = tqdm(jobs, total=len(cells), desc="DicomLoader")
-        results = Parallel(n_jobs=self.n_jobs)(jobs)
+        results = parallel(n_jobs=self.n_jobs)(jobs)
         out = X.copy()
         images, errors = [], []
         meta_rows = []

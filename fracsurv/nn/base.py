@@ -71,6 +71,7 @@ from fracsurv._serial import (
     versions,
     write_arrays,
 )
+from fracsurv.nn.callbacks import LossConvergence
 
 __all__ = ["IMAGE_INFERENCE_SCALE", "PRECISIONS", "TABULAR_INFERENCE_SCALE", "TorchEstimatorMixin", "load_model", "resolve_device"]
 
@@ -252,11 +253,14 @@ class TorchEstimatorMixin:
         full_batch = full_batch or opt_cls is torch.optim.LBFGS
         frac = hp["validation_fraction"]
         use_valid = bool(frac) and not full_batch
+        check_training_size(type(self).__name__, n_train, float(frac) if use_valid else 0.0)
         verbose = int(self.verbose)
         cbs: list[tuple[str, Any]] = []
         if use_valid and early_stopping and hp["patience"]:
             cbs.append(("early_stopping", EarlyStopping(
                 monitor="valid_loss", patience=int(hp["patience"]), load_best=True)))
+        if opt_cls is torch.optim.LBFGS and full_batch:
+            cbs.append(("loss_convergence", LossConvergence()))
         if verbose >= 2:
             cbs.append(("progress_bar", ProgressBar()))
         cbs.extend((f"extra_{i}", cb) for i, cb in enumerate(callbacks))
@@ -433,6 +437,30 @@ def load_model(path: str | Path, *, check_version: bool = True) -> Any:
                                f"({str(exc).splitlines()[0]})") from None
     est.module_.eval()
     return est
+
+
+def check_training_size(owner: str, n: int, validation_fraction: float = 0.0) -> None:
+    """A clear error when ``n`` rows cannot be trained on.
+
+    Batch normalisation needs at least 2 training rows, and a validation split
+    needs at least 2 rows for its loss and C-index.
+
+    Raises
+    ------
+    ValueError
+        Naming the estimator, the rows given and the rows needed.
+    """
+    import math
+
+    def ok(k: int) -> bool:
+        v = math.ceil(validation_fraction * k) if validation_fraction else 0
+        return k - v >= 2 and (not validation_fraction or v >= 2)
+
+    if not ok(n):
+        need = next(k for k in range(2, 10**6) if ok(k))
+        hint = (f" with validation_fraction={validation_fraction:g} (set validation_fraction=0 "
+                "to train on every row)" if validation_fraction else "")
+        raise ValueError(f"{owner}: fit needs at least {need} rows{hint}, got {n}")
 
 
 def check_input_shape(shape: Any, name: str = "input_shape", minimum: int = 8) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from skorch.callbacks import Callback
 
 from fracsurv._atomic import atomic_open
 
-__all__ = ["EMACallback", "EpochCheckpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = ["EMACallback", "EpochCheckpoint", "LossConvergence", "read_checkpoint", "save_checkpoint"]
 
 
 class EMACallback(Callback):
@@ -58,6 +58,34 @@ class EMACallback(Callback):
     def on_train_end(self, net: Any, **kwargs: Any) -> None:
         if self.ema_ is not None:
             self.ema_.copy_to(net.module_.parameters())
+
+
+class LossConvergence(Callback):
+    """Stop a full-batch (L-BFGS) fit once the training loss has stopped changing.
+
+    skorch's ``EarlyStopping`` watches a validation score; a full-batch fit has
+    none, and L-BFGS usually converges within a few epochs, after which the
+    remaining epochs repeat the same loss. Stops after ``patience`` epochs whose
+    relative loss change is below ``tol``.
+    """
+
+    def __init__(self, tol: float = 1e-7, patience: int = 2) -> None:
+        self.tol = tol
+        self.patience = patience
+
+    def initialize(self) -> LossConvergence:
+        self.quiet_epochs_ = 0
+        return self
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        losses = net.history[:, "train_loss"]
+        if len(losses) < 2:
+            return
+        prev, last = float(losses[-2]), float(losses[-1])
+        change = abs(last - prev) / max(abs(last), 1e-12)
+        self.quiet_epochs_ = self.quiet_epochs_ + 1 if change < self.tol else 0
+        if self.quiet_epochs_ >= self.patience:
+            raise KeyboardInterrupt  # skorch's documented way to end training from a callback
 
 
 class EpochCheckpoint(Callback):

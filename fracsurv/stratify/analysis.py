@@ -109,6 +109,11 @@ def td_auc_table(y_train: np.ndarray, y_test: np.ndarray, scores: Mapping[str, n
     """
     from fracsurv.metrics import time_dependent_auc
 
+    # times that print alike (a small cohort's quantiles) would share one column
+    labels: dict[str, float] = {}
+    for t in times:
+        labels.setdefault(f"t={float(t):.2f}", float(t))
+    times = list(labels.values())
     rows = {}
     for name, s in scores.items():
         auc, mean = time_dependent_auc(y_train, y_test, s, times)

@@ -87,7 +87,9 @@ def td_auc_figure(table: pd.DataFrame, time_label: str = "years") -> Figure:
         One line per score; the legend shows each mean AUC.
     """
     cols = [c for c in table.columns if str(c).startswith("t=")]
-    t = table.attrs.get("times") or [float(c[2:]) for c in cols]
+    t = table.attrs.get("times") or []
+    if len(t) != len(cols):  # e.g. a table filtered or rebuilt without its attrs
+        t = [float(c[2:]) for c in cols]
     fig = _figure((7, 4.5))
     ax = fig.add_subplot(111)
     for name, row in table.iterrows():

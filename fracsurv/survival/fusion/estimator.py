@@ -403,7 +403,37 @@ class FusionSurvival(FusionDataMixin, FusionTrainingMixin, FusionPersistenceMixi
                               if self.fusion == "late" else None)
         self.module_.stage = "fusion"
         self._fit_baseline(self._raw_predict(X, tab), y)
+        self.image_branch_alive_ = self._image_branch_alive(X, tab)
         return self
+
+    def _image_branch_alive(self, X: pd.DataFrame, tab: np.ndarray, n: int = 64) -> bool:
+        """Whether the image features vary over (up to ``n``) training rows; warn if not.
+
+        A dead image branch (constant output, e.g. after a collapse or on blank
+        images) leaves a model that only uses the clinical variables while it
+        is reported as multimodal; a grid search would not notice.
+        """
+        import warnings
+
+        rows = np.arange(min(len(X), n))
+        if len(rows) < 2:
+            return True
+
+        import torch
+
+        def features(m: Any, b: dict[str, Any]) -> Any:
+            feats, risk, _, _ = m.image_risk(b["image"])
+            return torch.cat([feats.float().flatten(1), risk.float().reshape(len(risk), -1)], 1)
+
+        f = self._batched(self._dataset(X.iloc[rows], tab[rows]), features).reshape(len(rows), -1)
+        spread = float(np.max(np.std(f, axis=0) / (1.0 + np.abs(np.mean(f, axis=0)))))
+        if spread < 1e-6:
+            warnings.warn(f"{type(self).__name__}: the image branch gives the same output for "
+                          f"every training row checked ({len(rows)}): a dead image branch. This "
+                          "model uses the clinical variables only; do not report it as "
+                          "multimodal.", UserWarning, stacklevel=3)
+            return False
+        return True
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Predicted risk (log-hazard); higher means an earlier fracture.

@@ -29,6 +29,7 @@ class FusionPersistenceMixin:
             else [[k, v] for k, v in self.clinical_weight_scores_.items()],
             "late_weights": None if self.late_weights_ is None
             else [float(w) for w in self.late_weights_],
+            "image_branch_alive": bool(getattr(self, "image_branch_alive_", True)),
         }
         arrays = {"x_mean": np.asarray(self.x_mean_, float), "x_scale": np.asarray(self.x_scale_, float),
                   **self._baseline_arrays()}
@@ -36,6 +37,7 @@ class FusionPersistenceMixin:
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.n_channels_ = int(meta["n_channels"])
+        self.image_branch_alive_ = bool(meta.get("image_branch_alive", True))
         self.input_shape_ = tuple(int(s) for s in meta["input_shape"])
         self.base_shape_ = tuple(int(s) for s in meta["base_shape"])
         self.tabular_columns_ = list(meta["tabular_columns"])
