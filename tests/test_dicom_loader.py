@@ -311,6 +311,11 @@ def test_errors_name_files_by_hash_not_path(tmp_path):
     with pytest.raises(DicomLoadError) as exc:
         DicomLoader().fit_transform(pd.DataFrame({"image": [str(bad)]}))
     assert "DOE" not in str(exc.value)
+    from fracsurv.nn.data import load_row_image  # what the image models raise
+
+    with pytest.raises(ValueError) as exc:
+        load_row_image(str(tmp_path / "DOE_JANE.png"), "row 0")
+    assert "DOE" not in str(exc.value) and "file #" in str(exc.value)
 
 
 def test_orphaned_temporaries_are_removed_on_the_next_run(tmp_path):

@@ -32,8 +32,10 @@ def test_metadata_json_and_arrays(tmp_path):
 
 
 def test_class_import_is_allow_listed():
-    assert _serial.import_allowed_class("fracsurv.survival.DeepSurvRegressor", ("fracsurv",)
-                                        ).__name__ == "DeepSurvRegressor"
+    assert _serial.import_allowed_class("fracsurv.survival.deepsurv.DeepSurvRegressor",
+                                        ("fracsurv",)).__name__ == "DeepSurvRegressor"
+    with pytest.raises(ValueError, match="not one of fracsurv's public estimators"):
+        _serial.import_allowed_class("fracsurv.survival.DeepSurvRegressor", ("fracsurv",))
     with pytest.raises(ValueError, match="refusing"):
         _serial.import_allowed_class("os.system", ("fracsurv", "sklearn"))
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from fracsurv._base import file_ref
 from fracsurv.io.refs import iter_cell, load_image
 
 __all__ = ["ImageDataset", "antialiased_resize", "flatten_cells", "load_row_image", "to_chw"]
@@ -56,8 +57,11 @@ def load_row_image(item: Any, row: str) -> np.ndarray:
     """
     try:
         return load_image(item)
-    except Exception as exc:  # re-raised with the row, never the file's identifiers
-        raise ValueError(f"cannot read the image of {row}: {exc}") from exc
+    except Exception as exc:  # re-raised with the row, never the file's path or identifiers
+        msg = str(exc)
+        if not isinstance(item, np.ndarray):
+            msg = msg.replace(str(item), file_ref(item))
+        raise ValueError(f"cannot read the image of {row}: {msg}") from exc  # cause: tracebacks only
 
 
 def to_chw(image: np.ndarray | torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
