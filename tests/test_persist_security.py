@@ -64,6 +64,17 @@ def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     return dst
 
 
+def _gadget_json_step(model, dst, evil):
+    """A copy of ``model`` whose first step names load_pipeline on the ``evil`` folder."""
+    m = _copy(model, dst)
+    manifest = json.loads((m / "manifest.json").read_text())
+    manifest["steps"][0]["class"] = "fracsurv.persist.load_pipeline"
+    (m / "manifest.json").write_text(json.dumps(manifest))
+    (m / "00_standardscaler" / "state.json").write_text(json.dumps(
+        {"params": {"path": str(evil), "allow_pickle": True}, "attributes": {}}))
+    return m
+
+
 def test_the_evil_folder_really_runs_code_when_pickle_is_allowed(tmp_path):
     # the payload works: so the refusals below are meaningful
     sentinel = tmp_path / "ran"
@@ -75,12 +86,7 @@ def test_json_step_cannot_call_load_pipeline(fitted, tmp_path):
     model, _ = fitted
     sentinel = tmp_path / "ran"
     evil = _evil_folder(tmp_path, sentinel)
-    m = _copy(model, tmp_path / "m")
-    manifest = json.loads((m / "manifest.json").read_text())
-    manifest["steps"][0]["class"] = "fracsurv.persist.load_pipeline"
-    (m / "manifest.json").write_text(json.dumps(manifest))
-    (m / "00_standardscaler" / "state.json").write_text(json.dumps(
-        {"params": {"path": str(evil), "allow_pickle": True}, "attributes": {}}))
+    m = _gadget_json_step(model, tmp_path / "m", evil)
     with pytest.raises(ModelFormatError, match="refusing to instantiate"):
         load_pipeline(m)
     assert not sentinel.exists()
@@ -107,12 +113,7 @@ def test_score_command_refuses_the_gadget(fitted, tmp_path):
     model, X = fitted
     sentinel = tmp_path / "ran"
     evil = _evil_folder(tmp_path, sentinel)
-    m = _copy(model, tmp_path / "m")
-    manifest = json.loads((m / "manifest.json").read_text())
-    manifest["steps"][0]["class"] = "fracsurv.persist.load_pipeline"
-    (m / "manifest.json").write_text(json.dumps(manifest))
-    (m / "00_standardscaler" / "state.json").write_text(json.dumps(
-        {"params": {"path": str(evil), "allow_pickle": True}, "attributes": {}}))
+    m = _gadget_json_step(model, tmp_path / "m", evil)
     X.head(3).assign(image="none.png").to_csv(tmp_path / "c.csv", index=False)
     rc = main(["score", "--model", str(m), "--images", str(tmp_path), "--clinical",
                str(tmp_path / "c.csv"), "--out", str(tmp_path / "out.csv")])
