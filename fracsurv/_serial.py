@@ -11,6 +11,7 @@ metadata (:func:`to_json`) keeps JSON's plain lists.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ REFUSED_PARAMS = ("allow_pickle", "memory")
 MACHINE_PARAMS = ("cache_dir", "checkpoint_dir")
 
 
+@functools.lru_cache(maxsize=1)
 def trusted_estimator_types() -> dict[str, type]:
     """The estimator classes a saved folder may name, by ``module.Name``.
 

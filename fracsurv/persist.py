@@ -25,7 +25,7 @@ inside the model folder, and machine-specific paths (``cache_dir``,
 
 from __future__ import annotations
 
-import logging
+import json
 import re
 import warnings
 from pathlib import Path
@@ -52,7 +52,6 @@ from fracsurv._serial import (
 
 __all__ = ["FORMAT_VERSION", "ModelFormatError", "load_pipeline", "save_pipeline"]
 
-log = logging.getLogger("fracsurv.persist")
 
 #: Version of the folder layout written by :func:`save_pipeline`.
 FORMAT_VERSION = 2
@@ -126,8 +125,6 @@ def save_pipeline(pipe: Pipeline | BaseEstimator, path: str | Path) -> Path:
         elif (state := _plain_state(est)) is not None:
             folder.mkdir(exist_ok=True)
             meta, arrays = state
-            import json
-
             atomic_write_text(folder / "state.json", json.dumps(meta, indent=2))
             if arrays:
                 write_arrays(arrays, folder / "arrays.safetensors")
@@ -146,8 +143,6 @@ def save_pipeline(pipe: Pipeline | BaseEstimator, path: str | Path) -> Path:
             joblib.dump(est, folder / "estimator.joblib")
             entry["format"] = "pickle"
         manifest["steps"].append(entry)
-    import json
-
     atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=2))
     return path
 
