@@ -170,10 +170,26 @@ def test_km_figure(whas):
     X, y = whas
     fig = km_figure(y, _groups(X), title="WHAS500")
     ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    n = _groups(X).value_counts()
-    assert labels == [f"{g} (n={n[g]})" for g in ["LL", "LH", "HIGH"]]  # category order
-    assert len(fig.axes) >= 2  # the at-risk table is a second axis
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import multivariate_logrank_test
+
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    g = _groups(X)
+    n = g.value_counts()
+    assert [lab.split(" (")[0] for lab in labels] == ["LL", "LH", "HIGH"]  # category order
+    for lab, level in zip(labels, ["LL", "LH", "HIGH"], strict=True):
+        m = (g == level).to_numpy()
+        med = KaplanMeierFitter().fit(y["lenfol"][m], y["fstat"][m]).median_survival_time_
+        want = f"median {med:.1f}" if np.isfinite(med) else "median not reached"
+        assert lab == f"{level} (n={n[level]}, {want})"
+    p = multivariate_logrank_test(y["lenfol"], g.astype(str), y["fstat"]).p_value
+    assert legend.get_title().get_text() == (f"log-rank p = {p:.3f}" if p >= 0.001 else
+                                             "log-rank p <0.001")
+    assert len(fig.axes) >= 2  # the risk table is a second axis
+    # the risk table shows at risk, censored and events for every group
+    table_text = " ".join(t.get_text() for a in fig.axes[1:] for t in a.get_xticklabels())
+    assert all(w in table_text for w in ("At risk", "Censored", "Events", "LL", "HIGH"))
     import io
 
     buf = io.BytesIO()

@@ -16,11 +16,13 @@ from fracsurv.metrics import (
     integrated_brier_ci,
     mean_auc_ci,
 )
+from fracsurv.stratify import calibration_figure, calibration_table
 from fracsurv.survival import DeepSurvRegressor, FusionSurvival
 
 __all__ = ["N_BOOT", "stage_comparison", "stage_models"]
 
 N_BOOT = 200
+CALIBRATION_HORIZON = 5.0  # years; the last evaluation time when follow-up is shorter
 
 
 def _models(ctx: DemoContext) -> dict[str, tuple[Callable[[], Any], list[str]]]:
@@ -84,6 +86,31 @@ def stage_comparison(ctx: DemoContext) -> None:
                                                                    ctx.y_test, oracle),
                                             "mean AUC(t) (95% CI)": "",
                                             "integrated Brier (95% CI)": ""}
-    ctx.report.add_table(pd.DataFrame(rows).T, caption=(
+    ctx.report.add_table(pd.DataFrame(rows).T, key="model comparison", caption=(
         f"Test set (n = {len(ctx.y_test)}); bootstrap CIs with {N_BOOT} resamples; "
         f"AUC(t) and Brier over t in [{times[0]:.2f}, {times[-1]:.2f}]"))
+    _calibration_section(ctx, min(CALIBRATION_HORIZON, float(times[-1])))
+
+
+def _calibration_section(ctx: DemoContext, horizon: float) -> None:
+    """Predicted vs Kaplan-Meier observed risk by ``horizon``, by decile, for each model."""
+    rep = ctx.report
+    rep.section("Calibration", "calibration")
+    n_bins = 5 if ctx.tiny else 10
+    tables = {}
+    for name, (model, cols) in ctx.models.items():
+        surv = np.array([fn(horizon) for fn in
+                         model.predict_survival_function(model_frame(ctx.test, cols))], float)
+        tables[name] = calibration_table(ctx.y_test, np.clip(1.0 - surv.ravel(), 0.0, 1.0),
+                                         horizon, n_bins=n_bins)
+    long = pd.concat([t.assign(model=name) for name, t in tables.items()], ignore_index=True)
+    rep.add_table(long[["model", *[c for c in long.columns if c != "model"]]], index=False,
+                  key="calibration", caption=(
+                      f"Risk of fracture by {horizon:.1f} years, predicted (mean per "
+                      f"{'quintile' if n_bins == 5 else 'decile'} of predicted risk) vs observed "
+                      "(Kaplan-Meier, 95% CI), test split"))
+    rep.add_table(pd.DataFrame({"mean absolute error": {
+        n: t.attrs["mean absolute error"] for n, t in tables.items()}}), key="calibration error",
+        caption="Calibration error: mean |predicted - observed| over the bins, weighted by n")
+    rep.add_figure(calibration_figure(tables), key="calibration",
+                   caption=f"Calibration at {horizon:.1f} years (dashed: perfect calibration)")

@@ -7,17 +7,20 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from fracsurv._atomic import atomic_write_text
 from fracsurv._base import survival_arrays
-from fracsurv.demo.context import DemoContext, clinical_columns, eval_times
+from fracsurv.demo.context import DemoContext, eval_times
+from fracsurv.demo.tables import stage_hazard_ratios
 from fracsurv.io import load_image
 from fracsurv.stratify import (
     agreement_table,
+    auc_ci,
     bland_altman_figure,
-    cox_table,
     decision_table,
-    format_cox_table,
     km_figure,
     logrank_tables,
+    median_survival_table,
+    roc_figure,
     td_auc_figure,
     td_auc_table,
 )
@@ -32,10 +35,45 @@ def _km_section(ctx: DemoContext, groups: pd.Series) -> None:
     if present < 2:
         rep.add_notice("every test patient falls in one group: no curves to compare")
         return
-    rep.add_figure(km_figure(ctx.y_test, groups, "test split"), "Kaplan-Meier curves")
+    rep.add_figure(km_figure(ctx.y_test, groups, "test split"), key="km",
+                   caption="Cumulative incidence of fracture (1 - Kaplan-Meier) with censor "
+                           "ticks and the numbers at risk, censored and with an event")
     pw, overall = logrank_tables(ctx.y_test, groups)
-    rep.add_table(overall, caption="Log-rank test (all groups)")
-    rep.add_table(pw, caption="Pairwise log-rank tests")
+    rep.add_table(overall, key="logrank", caption="Log-rank test (all groups)")
+    rep.add_table(pw, key="logrank pairwise", index=False,
+                  caption="Pairwise log-rank tests; p (Holm) adjusted for the number of pairs")
+    rep.add_table(median_survival_table(ctx.y_test, groups), key="median survival",
+                  caption="Per group: n, events, censored and the median time to fracture "
+                          "(Kaplan-Meier, 95% CI)", floatfmt="{:.2f}")
+
+
+def _roc_section(ctx: DemoContext) -> None:
+    test = ctx.test
+    scores = {name: test[col].to_numpy(float) for name, col in
+              (("crop pVF scorer (pvf)", "pvf"), ("whole-image pVF scorer (BpVF)", "bpvf"))
+              if col in test.columns}
+    label = test["prevalent_vf"].to_numpy().astype(bool)
+    if not scores or label.sum() < 2 or (~label).sum() < 2:
+        return
+    rows = {name: auc_ci(label, s) for name, s in scores.items()}
+    ctx.report.add_table(pd.DataFrame(rows).T, key="pvf auroc",
+                         caption="pVF scores against the true prevalent-fracture label "
+                                 "(test split): AUROC with DeLong 95% CI")
+    ctx.report.add_figure(roc_figure(label, scores, "prevalent vertebral fracture"),
+                          key="pvf roc", caption="ROC curves of the pVF scorers (test split)")
+    for name, r in rows.items():
+        ctx.report.add_value(f"AUROC {name}", r["auc"])
+
+
+def _write_test_split(ctx: DemoContext) -> None:
+    """The test split's analysed columns, so every table can be recomputed from files."""
+    cols = [c for c in ("age", "female", "bmi", "clinical_risk_score", "prevalent_vf", "pvf",
+                        "bpvf", "gpvf", "risk_group") if c in ctx.test.columns]
+    event, time = survival_arrays(ctx.y_test)
+    frame = ctx.test[cols].reset_index(drop=True).assign(time=time, event=event.astype(int))
+    for name, risk in ctx.risks.items():
+        frame[f"risk: {name}"] = risk
+    atomic_write_text(ctx.out / "data" / "test_split.csv", frame.to_csv(index=False))
 
 
 def stage_analysis(ctx: DemoContext) -> None:
@@ -43,12 +81,14 @@ def stage_analysis(ctx: DemoContext) -> None:
     rep.section("Time-dependent AUROC", "td-auc")
     times = eval_times(ctx)
     table = td_auc_table(ctx.y_train, ctx.y_test, ctx.risks, times)
-    rep.add_table(table, caption="Cumulative/dynamic AUC (IPCW) on the test split")
-    rep.add_figure(td_auc_figure(table), "Time-dependent AUROC of the survival models")
+    rep.add_table(table, key="td auc", caption="Cumulative/dynamic AUC (IPCW) on the test split")
+    rep.add_figure(td_auc_figure(table), key="td auc",
+                   caption="Time-dependent AUROC of the survival models")
 
     if "risk_group" in ctx.test.columns:
         rep.section("Kaplan-Meier by risk group", "km")
         t_b, t_f = ctx.fitted["RiskGrouper"].thresholds_
+        rep.add_value("cut-points", {"bpvf": float(t_b), "gpvf": float(t_f)})
         rep.add_text(f"LL / LH / HIGH from the baseline (BpVF) and generated 10-year (GpVF) "
                      f"image scores; cut-points chosen on the training split by maximally "
                      f"selected log-rank statistics: BpVF {t_b:.3f}, GpVF {t_f:.3f}.")
@@ -61,31 +101,11 @@ def stage_analysis(ctx: DemoContext) -> None:
         _km_section(ctx, pd.Series(pd.Categorical(
             np.where(ctx.test["pvf"] >= cut, "high pVF", "low pVF"),
             categories=["low pVF", "high pVF"], ordered=True)))
-    if ctx.pvf_auc is not None:
-        rep.add_text(f"pVF score AUROC for the true prevalent fracture label (test): "
-                     f"{ctx.pvf_auc:.3f}")
+    if "prevalent_vf" in ctx.test.columns:
+        rep.section("pVF scorer: ROC", "roc")
+        _roc_section(ctx)
 
-    rep.section("Cox hazard ratios", "hr")
-    clinical = [c for c in clinical_columns(ctx) if ctx.train[c].astype(float).std() > 0]
-    models = {"Clinical": clinical}
-    terms = list(clinical)
-    if "pvf" in ctx.train.columns and ctx.train["pvf"].std() > 0:
-        models["Clinical + pVF"] = [*clinical, "pvf"]
-        terms.append("pvf")
-    elif "pvf" in ctx.train.columns:
-        rep.add_notice("the pVF score is constant on the training split (the scorer learned "
-                       "nothing in this configuration): left out of the Cox models")
-    if "risk_group" in ctx.train.columns:
-        groups = [c for c in ("risk_LH", "risk_HIGH") if ctx.train[c].std() > 0]
-        models["Clinical + pVF + risk group"] = [*models.get("Clinical + pVF", clinical), *groups]
-        terms.extend(groups)
-    tables = cox_table(ctx.train, ctx.y_train, terms, models=models, penalizer=0.01)
-    rep.add_table(format_cox_table(tables), caption=(
-        "Hazard ratios (95% CI) on the training split, univariable and nested multivariable "
-        "Cox models (lifelines, ridge penalty 0.01), laid out like the Diff-X study's Table 4"))
-    rep.add_table(tables.models, caption="Model fit: C-index and LR chi-square")
-    if len(tables.comparisons):
-        rep.add_table(tables.comparisons, caption="Likelihood-ratio tests between nested models")
+    stage_hazard_ratios(ctx)
 
     if "clinical_risk_score" in ctx.test.columns:
         rep.section("Clinical decision table", "decision")
@@ -98,9 +118,10 @@ def stage_analysis(ctx: DemoContext) -> None:
             what = "a high pVF score"
         horizon = float(np.median(survival_arrays(ctx.y_test)[1]))
         rep.add_table(decision_table(ctx.y_test, horizon, ctx.test["clinical_risk_score"], 20.0,
-                                     high),
+                                     high), key="decision",
                       caption=f"Fracture by {horizon:.1f} years: clinical risk score (FRAX "
                               f"stand-in) >= 20 % alone vs combined with {what}")
+    _write_test_split(ctx)
 
 
 def stage_examples(ctx: DemoContext) -> None:

@@ -8,5 +8,6 @@ wrappers take the structured ``y`` directly. See ``docs/metrics.md``.
 
 from fracsurv.metrics import core
 from fracsurv.metrics.core import *  # noqa: F403 (the public names are core's)
+from fracsurv.metrics.pvalues import format_p, holm_adjust
 
-__all__ = list(core.__all__)
+__all__ = [*core.__all__, "format_p", "holm_adjust"]

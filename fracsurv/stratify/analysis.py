@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fracsurv._base import survival_arrays
+from fracsurv.metrics.pvalues import holm_adjust
 from fracsurv.stratify.agreement import agreement, agreement_table  # re-exported
 from fracsurv.stratify.cox_tables import CoxTables, cox_table, format_cox_table  # re-exported
 from fracsurv.stratify.delong import delong_test, horizon_labels
@@ -32,6 +33,7 @@ __all__ = [
     "format_cox_table",
     "group_levels",
     "logrank_tables",
+    "median_survival_table",
     "td_auc_table",
 ]
 
@@ -57,7 +59,9 @@ def logrank_tables(y: np.ndarray, groups: pd.Series | np.ndarray) -> tuple[pd.Da
     Returns
     -------
     pairwise : DataFrame
-        ``group A``, ``group B``, ``test statistic``, ``p`` (unadjusted).
+        ``group A``, ``group B``, ``test statistic``, ``p`` (unadjusted) and
+        ``p (Holm)``, adjusted for the number of pairs by Holm's step-down method
+        (:func:`fracsurv.metrics.holm_adjust`).
     overall : DataFrame
         One row: ``test statistic``, ``df``, ``p``.
     """
@@ -80,10 +84,54 @@ def logrank_tables(y: np.ndarray, groups: pd.Series | np.ndarray) -> tuple[pd.Da
     swap = pw["group A"].map(rank) > pw["group B"].map(rank)
     pw.loc[swap, ["group A", "group B"]] = pw.loc[swap, ["group B", "group A"]].to_numpy()
     pw = pw.sort_values(["group A", "group B"], key=lambda c: c.map(rank)).reset_index(drop=True)
+    pw["p (Holm)"] = holm_adjust(pw["p"].to_numpy())
     mv = multivariate_logrank_test(time, g, event)
     overall = pd.DataFrame({"test statistic": [mv.test_statistic], "df": [mv.degrees_of_freedom],
                             "p": [mv.p_value]}, index=["all groups"])
     return pw, overall
+
+
+def median_survival_table(y: np.ndarray, groups: pd.Series | np.ndarray,
+                          confidence: float = 0.95) -> pd.DataFrame:
+    """Per group: n, events, censored and the Kaplan-Meier median time to fracture.
+
+    Parameters
+    ----------
+    y : structured ndarray
+    groups : array-like of shape (n,)
+    confidence : float, default=0.95
+        Level of the median's interval (lifelines' ``median_survival_times``
+        of the KM confidence band).
+
+    Returns
+    -------
+    DataFrame
+        Index = non-empty groups; ``n``, ``events``, ``censored``, ``median``,
+        ``median CI low``, ``median CI high`` (NaN where the curve does not reach
+        50 %, which the ``median note`` column says).
+    """
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import median_survival_times
+
+    event, time = survival_arrays(y)
+    g, levels = group_levels(groups)
+    if len(g) != len(time):
+        raise ValueError(f"groups has {len(g)} values but y has {len(time)} rows")
+    rows = {}
+    for level in levels:
+        m = (g == level).to_numpy()
+        kmf = KaplanMeierFitter(alpha=1 - confidence).fit(time[m], event[m])
+        med = float(kmf.median_survival_time_)
+        ci = median_survival_times(kmf.confidence_interval_).to_numpy(float).ravel()
+        lo, hi = (float(v) if np.isfinite(v) else np.nan for v in ci[:2])
+        reached = np.isfinite(med)
+        rows[str(level)] = {"n": int(m.sum()), "events": int(event[m].sum()),
+                            "censored": int((~event[m]).sum()),
+                            "median": med if reached else np.nan,
+                            "median CI low": lo, "median CI high": hi,
+                            "median note": "" if reached else
+                            "not reached (cumulative incidence stays below 50 %)"}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 # -- time-dependent AUC and DeLong ---------------------------------------------------------

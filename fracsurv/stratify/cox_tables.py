@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from itertools import combinations
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fracsurv._base import row_label, survival_arrays
+from fracsurv.metrics.pvalues import format_p
 
 __all__ = ["CoxTables", "cox_table", "format_cox_table"]
 
@@ -38,15 +38,22 @@ class CoxTables:
     models : DataFrame
         One row per model: ``kind``, ``covariates``, ``n``, ``events``,
         ``C-index``, ``LR chi2`` (vs the null model), ``df``, ``p``,
-        ``log-likelihood``.
+        ``log-likelihood`` (unpenalised, see :func:`cox_table`).
     comparisons : DataFrame
-        LR chi-square tests between every pair of nested models: ``reduced``,
-        ``full``, ``LR chi2``, ``df``, ``p``.
+        LR chi-square tests between nested models: ``reduced``, ``full``,
+        ``LR chi2``, ``df``, ``p``.
+    ph : DataFrame
+        Proportional-hazards check of each multivariable model (scaled
+        Schoenfeld residuals against rank-transformed time, lifelines'
+        ``proportional_hazard_test``): ``model``, ``covariate``,
+        ``test statistic``, ``p``; empty when not requested.
     """
 
     hr: pd.DataFrame
     models: pd.DataFrame
     comparisons: pd.DataFrame
+    ph: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["model", "covariate", "test statistic", "p"]))
 
 
 def _normalise_terms(terms: Terms) -> dict[str, dict[str, str]]:
@@ -74,7 +81,9 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
               references: Mapping[str, str] | None = None, penalizer: float = 0.0,
               alpha: float | None = None,
               multivariable: Sequence[Sequence[str]] | None = None, *,
-              confidence: float = 0.95) -> CoxTables:
+              confidence: float = 0.95, per: Mapping[str, float] | None = None,
+              comparisons: Sequence[tuple[str, str]] | None = None,
+              check_ph: bool = True) -> CoxTables:
     """Univariable and multivariable Cox models (the Diff-X study's Tables 4-5).
 
     Every term gets a univariable model (all its columns together, so a
@@ -98,7 +107,11 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
     references : mapping, optional
         ``{term label: reference level}``, shown as an ``HR = 1`` row.
     penalizer : float
-        lifelines' ridge penalty (0 = plain partial likelihood).
+        lifelines' ridge penalty (0 = plain partial likelihood). It shrinks the
+        hazard ratios only: the log-likelihoods, the LR chi-squares and the
+        nested comparisons always come from unpenalised fits of the same
+        covariates (a penalised log-likelihood includes the penalty, which biases
+        a likelihood-ratio test).
     alpha : float, optional
         Deprecated: ``1 - confidence``. Given, it warns with a ``FutureWarning``
         and takes precedence over ``confidence``. (It keeps its position, so a
@@ -109,6 +122,18 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
     confidence : float, default=0.95
         Confidence level of the HR intervals, in (0, 1) (lifelines'
         ``alpha = 1 - confidence``).
+    per : mapping, optional
+        ``{column: unit}``: the hazard ratio of that column is per ``unit``
+        increase (the column is divided by ``unit``), e.g. ``{"bpvf": 0.1}`` for
+        the study's "per 0.1-point increase".
+    comparisons : sequence of (str, str), optional
+        The likelihood-ratio tests to run, as ``(reduced, full)`` pairs of model
+        names (a term label stands for its univariable model); the reduced
+        model's covariates must be a subset of the full model's. Default: each
+        multivariable model against each largest model nested in it.
+    check_ph : bool, default=True
+        Test the proportional-hazards assumption of each multivariable model
+        (:attr:`CoxTables.ph`).
 
     Returns
     -------
@@ -122,6 +147,11 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
     references = dict(references or {})
     # 2. one numeric covariate frame and the target, on the same rows
     df, event = _cox_frame(X, y, [c for cols in term_map.values() for c in cols])
+    for c, unit in (per or {}).items():
+        if c not in df.columns or not float(unit) > 0:
+            raise ValueError(f"per: {c!r} must be a covariate of the terms and its unit > 0, "
+                             f"got {unit!r}")
+        df[c] = df[c] / float(unit)
     # 3. every univariable and multivariable fit: HR rows and model rows
     specs = [(f"{t} (univariable)", "univariable", [t]) for t in term_map]
     specs += [(name, "multivariable", list(m)) for name, m in models.items()]
@@ -129,41 +159,89 @@ def cox_table(X: pd.DataFrame, y: np.ndarray, terms: Terms,
     for name, kind, model_terms in specs:
         cols = [c for t in model_terms for c in term_map[t]]
         fit = _fit_cox(df, cols, penalizer, alpha)
-        s = fit.summary
-        lo, hi = f"exp(coef) lower {100 * (1 - alpha):g}%", f"exp(coef) upper {100 * (1 - alpha):g}%"
-        for t in model_terms:
-            if t in references:
-                hr_rows.append({"model": name, "term": t, "covariate": None,
-                                "level": references[t], "HR": 1.0, "CI low": np.nan,
-                                "CI high": np.nan, "p": np.nan, "reference": True})
-            for c, level in term_map[t].items():
-                hr_rows.append({"model": name, "term": t, "covariate": c, "level": level,
-                                "HR": s.loc[c, "exp(coef)"], "CI low": s.loc[c, lo],
-                                "CI high": s.loc[c, hi], "p": s.loc[c, "p"],
-                                "reference": False})
-        lr = fit.log_likelihood_ratio_test()
+        plain = fit if penalizer == 0 else _fit_cox(df, cols, 0.0, alpha)
+        hr_rows += _hr_rows(name, model_terms, term_map, references, fit.summary, alpha)
+        lr = plain.log_likelihood_ratio_test()
         model_rows[name] = {"kind": kind, "covariates": ", ".join(cols), "n": len(df),
                             "events": int(event.sum()), "C-index": fit.concordance_index_,
                             "LR chi2": lr.test_statistic, "df": lr.degrees_freedom,
-                            "p": lr.p_value, "log-likelihood": fit.log_likelihood_}
-        fits[name] = (fit, set(cols))
-
-    # 4. likelihood-ratio tests between nested models
-    comp = []
-    for a, b in combinations(fits, 2):
-        (fa, ca), (fb, cb) = fits[a], fits[b]
-        if ca == cb or not (ca < cb or cb < ca):
-            continue
-        (red, fred, cred), (full, ffull, cfull) = sorted(
-            [(a, fa, ca), (b, fb, cb)], key=lambda z: len(z[2]))
-        from fracsurv.metrics import likelihood_ratio_test
-
-        t = likelihood_ratio_test(ffull.log_likelihood_, fred.log_likelihood_, len(cfull),
-                                  len(cred))
-        comp.append({"reduced": red, "full": full, "LR chi2": t.statistic, "df": t.df,
-                     "p": t.p_value})
+                            "p": lr.p_value, "log-likelihood": plain.log_likelihood_}
+        fits[name] = (plain, set(cols))
+    # 4. likelihood-ratio tests between nested models, and the PH check
+    pairs = _comparison_pairs(comparisons, fits, term_map)
+    comp = [_nested_lr(red, full, fits) for red, full in pairs]
+    ph = _ph_rows(df, {n: f for n, (f, _) in fits.items() if n in models}) if check_ph else []
     return CoxTables(pd.DataFrame(hr_rows), pd.DataFrame.from_dict(model_rows, orient="index"),
-                     pd.DataFrame(comp, columns=["reduced", "full", "LR chi2", "df", "p"]))
+                     pd.DataFrame(comp, columns=["reduced", "full", "LR chi2", "df", "p"]),
+                     pd.DataFrame(ph, columns=["model", "covariate", "test statistic", "p"]))
+
+
+def _hr_rows(name: str, model_terms: Sequence[str], term_map: Mapping[str, Mapping[str, str]],
+             references: Mapping[str, str], s: pd.DataFrame, alpha: float) -> list[dict]:
+    lo, hi = f"exp(coef) lower {100 * (1 - alpha):g}%", f"exp(coef) upper {100 * (1 - alpha):g}%"
+    rows = []
+    for t in model_terms:
+        if t in references:
+            rows.append({"model": name, "term": t, "covariate": None, "level": references[t],
+                         "HR": 1.0, "CI low": np.nan, "CI high": np.nan, "p": np.nan,
+                         "reference": True})
+        for c, level in term_map[t].items():
+            rows.append({"model": name, "term": t, "covariate": c, "level": level,
+                         "HR": s.loc[c, "exp(coef)"], "CI low": s.loc[c, lo],
+                         "CI high": s.loc[c, hi], "p": s.loc[c, "p"], "reference": False})
+    return rows
+
+
+def _comparison_pairs(comparisons: Sequence[tuple[str, str]] | None,
+                      fits: Mapping[str, tuple[Any, set]],
+                      term_map: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Named ``(reduced, full)`` pairs, checked; the default: each largest nested model."""
+    def name_of(label: str) -> str:
+        if label in fits:  # a model's name (or "term (univariable)") first
+            return label
+        if label in term_map:
+            return f"{label} (univariable)"
+        raise ValueError(f"comparison names {label!r}, which is neither a model nor a term")
+
+    if comparisons is not None:
+        pairs = [(name_of(r), name_of(f)) for r, f in comparisons]
+        for r, f in pairs:
+            if not fits[r][1] < fits[f][1]:
+                raise ValueError(f"{r!r} is not nested in {f!r}: its covariates must be a "
+                                 f"proper subset of the full model's")
+        return pairs
+    pairs = []
+    for full, (_, cf) in fits.items():
+        if full.endswith(" (univariable)"):
+            continue
+        nested = [n for n, (_, c) in fits.items() if c < cf]
+        pairs += [(n, full) for n in nested
+                  if not any(fits[n][1] < fits[m][1] for m in nested)]
+    return pairs
+
+
+def _nested_lr(reduced: str, full: str, fits: Mapping[str, tuple[Any, set]]) -> dict:
+    from fracsurv.metrics import likelihood_ratio_test
+
+    (fr, cr), (ff, cf) = fits[reduced], fits[full]
+    t = likelihood_ratio_test(ff.log_likelihood_, fr.log_likelihood_, len(cf), len(cr))
+    return {"reduced": reduced, "full": full, "LR chi2": t.statistic, "df": t.df,
+            "p": t.p_value}
+
+
+def _ph_rows(df: pd.DataFrame, fits: Mapping[str, Any]) -> list[dict]:
+    from lifelines.statistics import proportional_hazard_test
+
+    rows = []
+    for name, fit in fits.items():
+        cols = list(fit.params_.index)
+        res = proportional_hazard_test(fit, df[[*cols, "_T", "_E"]], time_transform="rank")
+        s = res.summary
+        for c in cols:
+            rows.append({"model": name, "covariate": c,
+                         "test statistic": float(s.loc[c, "test_statistic"]),
+                         "p": float(s.loc[c, "p"])})
+    return rows
 
 
 def _interval_alpha(confidence: float, alpha: float | None) -> float:
@@ -214,10 +292,6 @@ def _cox_frame(X: pd.DataFrame, y: np.ndarray, columns: list[str]
     return values.assign(_T=time, _E=event.astype(int)), event
 
 
-def _fmt_p(p: float) -> str:
-    return "" if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
-
-
 def format_cox_table(tables: CoxTables, models: Sequence[str] | None = None,
                      digits: int = 3) -> pd.DataFrame:
     """Lay :func:`cox_table` out like the Diff-X study's Table 4.
@@ -246,7 +320,7 @@ def format_cox_table(tables: CoxTables, models: Sequence[str] | None = None,
     hr["HR (95% CI)"] = [
         f"{f.format(1.0)} (Ref)" if ref else f"{f.format(h)} ({f.format(lo)}, {f.format(hi)})"
         for ref, h, lo, hi in zip(hr["reference"], hr["HR"], hr["CI low"], hr["CI high"])]
-    hr["P value"] = [_fmt_p(p) for p in hr["p"]]
+    hr["P value"] = [format_p(p) for p in hr["p"]]
     cols = ["Univariable", *shown]
     wide = hr[hr["model"].isin(cols)].pivot_table(
         index=["term", "level"], columns="model", values=["HR (95% CI)", "P value"],
@@ -260,5 +334,5 @@ def format_cox_table(tables: CoxTables, models: Sequence[str] | None = None,
     for m in shown:
         footer.loc[("C-index", ""), (m, "HR (95% CI)")] = f"{tables.models.loc[m, 'C-index']:.3f}"
         footer.loc[("LR chi-square", ""), (m, "HR (95% CI)")] = f"{tables.models.loc[m, 'LR chi2']:.1f}"
-        footer.loc[("LR chi-square", ""), (m, "P value")] = _fmt_p(tables.models.loc[m, "p"])
+        footer.loc[("LR chi-square", ""), (m, "P value")] = format_p(tables.models.loc[m, "p"])
     return pd.concat([wide.fillna(""), footer])

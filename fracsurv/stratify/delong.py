@@ -13,7 +13,7 @@ from scipy import stats
 
 from fracsurv._base import survival_arrays
 
-__all__ = ["delong_test", "horizon_labels", "placement_values"]
+__all__ = ["auc_ci", "delong_test", "horizon_labels", "placement_values"]
 
 
 def placement_values(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -82,6 +82,35 @@ def delong_test(label: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> 
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": diff, "se": se,
             "z": float(z), "p": float(2 * stats.norm.sf(abs(z))), "var_a": float(cov[0, 0]),
             "var_b": float(cov[1, 1]), "cov": float(cov[0, 1])}
+
+
+def auc_ci(label: np.ndarray, score: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """One AUROC with DeLong's standard error and a Wald interval clipped to [0, 1].
+
+    Parameters
+    ----------
+    label : array-like of bool, shape (n,)
+    score : array-like of shape (n,)
+    confidence : float, default=0.95
+
+    Returns
+    -------
+    dict
+        ``auc``, ``se``, ``low``, ``high``, ``positives``, ``negatives``.
+    """
+    label = np.asarray(label).astype(bool)
+    score = np.asarray(score, float)
+    if label.shape != score.shape:
+        raise ValueError(f"label has {len(label)} values but score has {len(score)}")
+    if label.sum() < 2 or (~label).sum() < 2:
+        raise ValueError("an AUROC interval needs at least two positive and two negative cases")
+    if not np.isfinite(score).all():
+        raise ValueError(f"row {np.flatnonzero(~np.isfinite(score))[0]} has a missing score")
+    v10, v01, auc = placement_values(score[label], score[~label])
+    se = float(np.sqrt(np.var(v10, ddof=1) / len(v10) + np.var(v01, ddof=1) / len(v01)))
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    return {"auc": auc, "se": se, "low": max(auc - z * se, 0.0), "high": min(auc + z * se, 1.0),
+            "positives": int(label.sum()), "negatives": int((~label).sum())}
 
 
 def horizon_labels(y: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
