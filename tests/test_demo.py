@@ -22,6 +22,7 @@ def test_demo_writes_report_with_every_section(tmp_path, capsys, monkeypatch):
     # the learned cropper's detection table and the fusion model are in the report
     assert "VertebraCropper (test split)" in html
     assert "FusionSurvival (13 crops + clinical)" in html
+    _check_machine_readable_results(tmp_path)
     out = capsys.readouterr().out
     assert "demo finished" in out and "risk groups (test)" in out
     assert "VertebraCropper trained on" in out
@@ -40,3 +41,47 @@ def test_demo_retrain_trains_the_image_models(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "DiffXGenerator trained on" in out and "DiffXGenerator: pretrained" not in out
     assert "trained in the demo" in (tmp_path / "report.html").read_text()
+
+
+def _check_machine_readable_results(folder):
+    """results.json, the CSVs and the figures agree with direct computations (issue 21)."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from lifelines.statistics import pairwise_logrank_test
+    from sklearn.metrics import roc_auc_score
+
+    from fracsurv.metrics import holm_adjust
+
+    res = json.loads((folder / "results.json").read_text())
+    for key in ("table-4-hazard-ratios", "table-5-hazard-ratios", "table-5-lr-tests",
+                "logrank-pairwise", "median-survival", "calibration", "pvf-auroc"):
+        assert key in res["tables"], key
+        assert (folder / res["tables"][key]["csv"]).exists()
+    for key in ("km", "pvf-roc", "calibration", "table-4-forest"):
+        assert (folder / "figures" / f"{key}.png").exists()
+        assert (folder / "figures" / f"{key}.svg").exists()
+    data = pd.read_csv(folder / "data" / "test_split.csv")
+    pw = pd.read_csv(folder / "tables" / "logrank-pairwise.csv")
+    ref = pairwise_logrank_test(data["time"], data["risk_group"], data["event"]).summary
+    for _, r in pw.iterrows():
+        key = (r["group A"], r["group B"]) if (r["group A"], r["group B"]) in ref.index \
+            else (r["group B"], r["group A"])
+        assert r["p"] == __import__("pytest").approx(ref.loc[key, "p"], rel=1e-6)
+    np.testing.assert_allclose(pw["p (Holm)"], holm_adjust(pw["p"]), rtol=1e-9)
+    auc = {r["row"]: r["auc"] for r in res["tables"]["pvf-auroc"]["records"]}
+    assert auc["crop pVF scorer (pvf)"] == __import__("pytest").approx(
+        roc_auc_score(data["prevalent_vf"], data["pvf"]))
+    cal = pd.read_csv(folder / "tables" / "calibration.csv")
+    assert (cal.groupby("model")["n"].sum() == len(data)).all()
+    # Table 5's LR test of the nested models equals a direct unpenalised lifelines fit
+    from lifelines import CoxPHFitter
+
+    lr = pd.read_csv(folder / "tables" / "table-5-lr-tests.csv").set_index(["reduced", "full"])
+    cols = ["age", "female", "bmi"]
+    d = data.assign(bpvf=data["bpvf"] / 0.1, gpvf=data["gpvf"] / 0.1)
+    fit = lambda c: CoxPHFitter().fit(d[[*c, "time", "event"]], "time", "event")  # noqa: E731
+    want = 2 * (fit(["bpvf", "gpvf", *cols]).log_likelihood_ - fit(cols).log_likelihood_)
+    assert lr.loc[("Clinical model", "Score-based model"), "LR chi2"] == \
+        __import__("pytest").approx(want, rel=1e-5)
