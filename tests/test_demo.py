@@ -85,3 +85,15 @@ def _check_machine_readable_results(folder):
     want = 2 * (fit(["bpvf", "gpvf", *cols]).log_likelihood_ - fit(cols).log_likelihood_)
     assert lr.loc[("Clinical model", "Score-based model"), "LR chi2"] == \
         __import__("pytest").approx(want, rel=1e-5)
+
+
+def test_demo_on_a_cohort_without_enough_events_is_a_one_line_usage_error(tmp_path, capsys,
+                                                                          monkeypatch):
+    # 40 patients of the demo cohort hold a single event: nothing can be analysed, so the
+    # demo says so at once (it used to crash minutes later in td_auc_figure)
+    monkeypatch.setenv("FRACSURV_DATA", str(tmp_path / "data"))
+    assert main(["demo", "--out", str(tmp_path / "out"), "--tiny", "--n-patients", "40",
+                 "--image-shape", "64x32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 fracture event" in err[0] and "--n-patients" in err[0]
+    assert not (tmp_path / "out" / "report.html").exists()

@@ -43,12 +43,27 @@ def stage_cohort(ctx: DemoContext) -> None:
     ctx.cohort, ctx.truth = cohort, cohort.truth
     ctx.clinical_columns = list(CLINICAL_COLUMNS)
     event, _ = survival_arrays(y)
+    _check_enough_events(int(event.sum()), len(X))
     tr, te = train_test_split(np.arange(len(X)), test_size=0.3, random_state=ctx.seed,
                               stratify=event)
     ctx.train, ctx.test = X.iloc[tr].copy(), X.iloc[te].copy()
     ctx.y_train, ctx.y_test = y[tr], y[te]
     ctx.split_index = (tr, te)
     ctx.report.add_table(_table_one(ctx), caption="Characteristics by split (mean ± SD or %)")
+
+
+MIN_EVENTS = 6
+"""Fewest events the demo runs on: the 70/30 split then leaves >= 2 events for the test split."""
+
+
+def _check_enough_events(n_events: int, n_patients: int) -> None:
+    """Refuse a cohort too small to analyse before minutes of work (exit code 2)."""
+    if n_events < MIN_EVENTS:
+        from fracsurv.batch import UsageError
+
+        raise UsageError(f"the cohort of {n_patients} patients has {n_events} fracture event(s); "
+                         f"the demo needs at least {MIN_EVENTS} (use a larger --n-patients, "
+                         "e.g. 120)")
 
 
 def _table_one(ctx: DemoContext) -> pd.DataFrame:
