@@ -8,8 +8,12 @@ Every component is a scikit-learn estimator; torch models share one skorch base
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+# a library logs, it does not print: the application (or fracsurv's CLI) adds handlers
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "CropStacker": "fracsurv.vertebrae.crops",

@@ -133,7 +133,7 @@ def warn_duplicate_ids(X: pd.DataFrame, owner: str) -> None:
                       "row is treated as a separate patient", UserWarning, stacklevel=3)
 
 
-def parallel(n_jobs: int | None) -> Any:
+def parallel(n_jobs: int | None, return_as: str = "list") -> Any:
     """``joblib.Parallel`` whose loky workers exit after a short idle time.
 
     joblib keeps idle loky workers for 300 s; when the parent process is killed
@@ -151,7 +151,7 @@ def parallel(n_jobs: int | None) -> Any:
     kwargs = {}
     if type(backend).__name__ == "LokyBackend":
         kwargs["idle_worker_timeout"] = float(os.environ.get("FRACSURV_WORKER_IDLE_S", 30))
-    return Parallel(n_jobs=n_jobs, **kwargs)
+    return Parallel(n_jobs=n_jobs, return_as=return_as, **kwargs)
 
 
 def file_ref(path: Any) -> str:

@@ -90,7 +90,8 @@ def _run(args: argparse.Namespace) -> int:
         from fracsurv.demo import run_demo
 
         report = run_demo(out=args.out, n_patients=args.n_patients, image_shape=args.image_shape,
-                          seed=args.seed, tiny=args.tiny, retrain=args.retrain)
+                          seed=args.seed, tiny=args.tiny, retrain=args.retrain,
+                          quiet=args.quiet)
         print(f"report: {report}")
         return 0
     from fracsurv.batch import score_patients

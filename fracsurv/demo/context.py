@@ -45,6 +45,7 @@ class DemoContext:
     n_patients: int | None = None
     image_shape: tuple[int, int] | None = None
     retrain: bool = False
+    quiet: bool = False  # progress lines off (fracsurv demo --quiet)
     model_sources: dict[str, str] = field(default_factory=dict)  # component -> where from
     cohort: Any = None
     truth: Any = None
@@ -60,6 +61,11 @@ class DemoContext:
     fitted: dict[str, Any] = field(default_factory=dict)  # pipeline components
     models: dict[str, Any] = field(default_factory=dict)  # name -> (survival model, columns)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        """One progress line on stdout (nothing with ``quiet``)."""
+        if not self.quiet:
+            print(message, flush=True)
 
 
 def clinical_columns(ctx: DemoContext) -> list[str]:

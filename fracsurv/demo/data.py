@@ -91,8 +91,7 @@ def stage_images(ctx: DemoContext) -> None:
     ctx.train = loader.fit_transform(ctx.train)
     ctx.test = loader.transform(ctx.test)
     ctx.fitted["DicomLoader"] = loader
-    print(f"    loaded {len(ctx.train) + len(ctx.test)} DICOM files into {ctx.out / 'cache'}",
-          flush=True)
+    ctx.say(f"    loaded {len(ctx.train) + len(ctx.test)} DICOM files into {ctx.out / 'cache'}")
 
 
 def _image_shape(ctx: DemoContext) -> tuple[int, int]:
@@ -123,9 +122,9 @@ def stage_crops(ctx: DemoContext) -> None:
     ctx.fitted["VertebraCropper"] = cropper
     det = detection_summary(ctx.test["vertebrae"], ctx.test["keypoints"])
     ctx.detection = det
-    print(f"    VertebraCropper trained on {n_fit} images; test sensitivity "
+    ctx.say(f"    VertebraCropper trained on {n_fit} images; test sensitivity "
           f"{det['sensitivity']:.2f}, precision {det['precision']:.2f}, median point error "
-          f"{det['median_point_error_px']:.1f} px", flush=True)
+          f"{det['median_point_error_px']:.1f} px")
 
 
 def stage_pvf(ctx: DemoContext) -> None:
@@ -141,7 +140,7 @@ def stage_pvf(ctx: DemoContext) -> None:
     ctx.fitted["PVFScorer"] = scorer
     auc = roc_auc_score(ctx.test["prevalent_vf"], ctx.test["pvf"])
     ctx.pvf_auc = float(auc)
-    print(f"    pVF AUROC on the test split: {auc:.3f}", flush=True)
+    ctx.say(f"    pVF AUROC on the test split: {auc:.3f}")
 
 
 def _image_scorer(ctx: DemoContext) -> Any:
@@ -165,16 +164,16 @@ def _generator(ctx: DemoContext, shape: tuple[int, int]) -> DiffXGenerator:
     if not ctx.retrain:
         ctx.model_sources["DiffXGenerator"] = "fracsurv.pretrained.load('diffx')"
         gen = pretrained.load("diffx", **common, random_state=ctx.seed)
-        print(f"    DiffXGenerator: pretrained ({gen.n_train_images_} training images, "
-              f"{gen.input_shape[0]}x{gen.input_shape[1]})", flush=True)
+        ctx.say(f"    DiffXGenerator: pretrained ({gen.n_train_images_} training images, "
+              f"{gen.input_shape[0]}x{gen.input_shape[1]})")
         return gen
     ctx.model_sources["DiffXGenerator"] = "trained in the demo"
     preset = {**DIFFX_PRESETS["tiny" if ctx.tiny else "demo"], **common}
     gen = DiffXGenerator(**preset, random_state=ctx.seed)
     n_fit = min(len(ctx.train), 60 if ctx.tiny else 160)  # sized for the 10-minute budget
     gen.fit(ctx.train.iloc[:n_fit])
-    print(f"    DiffXGenerator trained on {gen.n_train_images_} images "
-          f"({preset['input_shape'][0]}x{preset['input_shape'][1]})", flush=True)
+    ctx.say(f"    DiffXGenerator trained on {gen.n_train_images_} images "
+          f"({preset['input_shape'][0]}x{preset['input_shape'][1]})")
     return gen
 
 
@@ -193,10 +192,10 @@ def stage_future(ctx: DemoContext) -> None:
         grouper.fit(ctx.train, ctx.y_train)
     except ValueError as exc:  # too few training events for a log-rank cut (tiny cohorts)
         cuts = (float(ctx.train["bpvf"].median()), float(ctx.train["gpvf"].median()))
-        print(f"    optimal cut-points unavailable ({exc}); using the training medians "
-              f"{cuts[0]:.3f} / {cuts[1]:.3f}", flush=True)
+        ctx.say(f"    optimal cut-points unavailable ({exc}); using the training medians "
+              f"{cuts[0]:.3f} / {cuts[1]:.3f}")
         grouper.set_params(thresholds=cuts).fit(ctx.train, ctx.y_train)
     ctx.train, ctx.test = grouper.transform(ctx.train), grouper.transform(ctx.test)
     ctx.fitted.update({"PVFScorer (image)": scorer, "DiffXGenerator": gen,
                        "RiskGrouper": grouper})
-    print(f"    risk groups (test): {ctx.test['risk_group'].value_counts().to_dict()}", flush=True)
+    ctx.say(f"    risk groups (test): {ctx.test['risk_group'].value_counts().to_dict()}")

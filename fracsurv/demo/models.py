@@ -55,8 +55,7 @@ def stage_models(ctx: DemoContext) -> None:
         model = make().fit(model_frame(ctx.train, cols), ctx.y_train)
         ctx.models[name] = (model, cols)
         ctx.risks[name] = model.predict(model_frame(ctx.test, cols))
-        print(f"    {name}: test C = {concordance_index(ctx.y_test, ctx.risks[name]):.3f}",
-              flush=True)
+        ctx.say(f"    {name}: test C = {concordance_index(ctx.y_test, ctx.risks[name]):.3f}")
 
 
 def stage_comparison(ctx: DemoContext) -> None:

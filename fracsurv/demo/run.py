@@ -36,16 +36,16 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
 
 def _stage(ctx: DemoContext, title: str, fn: Callable[[DemoContext], None], i: int,
            n: int) -> None:
-    print(f"[{i}/{n}] {title} ...", flush=True)
+    ctx.say(f"[{i}/{n}] {title} ...")
     t0 = time.perf_counter()
     fn(ctx)
     ctx.timings[title] = time.perf_counter() - t0
-    print(f"[{i}/{n}] {title}: {ctx.timings[title]:.1f} s", flush=True)
+    ctx.say(f"[{i}/{n}] {title}: {ctx.timings[title]:.1f} s")
 
 
 def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None,
              image_shape: tuple[int, int] | None = None, seed: int = 0,
-             tiny: bool = False, retrain: bool = False) -> Path:
+             tiny: bool = False, retrain: bool = False, quiet: bool = False) -> Path:
     """Run the demo and return the path of the HTML report.
 
     Parameters
@@ -63,6 +63,8 @@ def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None
     retrain : bool
         Train the image models that ship pretrained (``fracsurv.pretrained``) from
         scratch with the demo's CPU presets instead of loading them.
+    quiet : bool
+        No progress lines (stage names and times, headline numbers) on stdout.
 
     Returns
     -------
@@ -72,7 +74,7 @@ def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, seed=seed, tiny=tiny, n_patients=n_patients,
-                      image_shape=image_shape, retrain=retrain,
+                      image_shape=image_shape, retrain=retrain, quiet=quiet,
                       report=Report("fracsurv demo report", banner=BANNER))
     t0 = time.perf_counter()
     for i, (title, fn) in enumerate(STAGES, 1):
@@ -87,5 +89,5 @@ def run_demo(out: str | Path = "fracsurv-demo", *, n_patients: int | None = None
                              caption="Image models: shipped pretrained (fracsurv.pretrained; "
                                      "trained on the simulated cohort) or trained in this run")
     path = ctx.report.write(out / "report.html")
-    print(f"demo finished in {total:.0f} s", flush=True)
+    ctx.say(f"demo finished in {total:.0f} s")
     return path

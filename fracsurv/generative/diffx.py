@@ -41,6 +41,7 @@ from fracsurv._base import (
     renamed_param,
     row_label,
 )
+from fracsurv._progress import progress
 from fracsurv.generative.nets import DiffXModule
 from fracsurv.generative.prompts import format_prompt
 from fracsurv.generative.sampling import DiffXSamplingMixin
@@ -395,7 +396,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
                 flat = list(a.reshape(-1, *a.shape[2:]))
                 futures[pos] = [cache.put(f) for f in flat] if cache else flat
 
-        for pos in range(len(X)):
+        for pos in progress(range(len(X)), desc="generate futures"):
             age, sex = self._row_age_sex(X, pos)
             img = self._row_image(X, pos, self.image_column)
             if img is None:

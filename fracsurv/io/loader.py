@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fracsurv._base import FrameTransformerMixin, file_ref, parallel, row_label
+from fracsurv._progress import progress
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
 from fracsurv.io.dicom import DicomLoadError, decode_dicom
 from fracsurv.io.preprocess import geometry, preprocess
@@ -274,11 +275,9 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         if self.cache_dir:
             ImageCache(self.cache_dir).remove_orphans()
         jobs = (delayed(self._row)(c) for c in cells)
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            jobs = tqdm(jobs, total=len(cells), desc="DicomLoader")
-        results = parallel(n_jobs=self.n_jobs)(jobs)
+        results = list(progress(parallel(n_jobs=self.n_jobs, return_as="generator")(jobs),
+                                total=len(cells), desc="DicomLoader",
+                                enabled=True if self.verbose else None))
         out = X.copy()
         images, errors = [], []
         meta_rows = []

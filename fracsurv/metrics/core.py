@@ -25,6 +25,7 @@ from sksurv.metrics import (
 )
 
 from fracsurv._base import survival_arrays
+from fracsurv._progress import progress
 
 __all__ = [
     "CIResult",
@@ -278,7 +279,7 @@ def bootstrap_ci(
     estimate = float(metric(y, *arrays))
     values = []
     failed = 0
-    for _ in range(n_boot):
+    for _ in progress(range(n_boot), desc="bootstrap"):
         idx = rng.integers(0, n, n)
         try:
             with warnings.catch_warnings():

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fracsurv._progress import progress
+
 __all__ = ["lausen_schumacher_p", "logrank_scan", "maxstat_cutpoint"]
 
 _BLOCK_CELLS = 4_000_000  # cells of the (cuts x event times) work array per block
@@ -185,7 +187,7 @@ def maxstat_cutpoint(score: np.ndarray, time: np.ndarray, event: np.ndarray,
         rng = np.random.default_rng(random_state)
         allowed = _allowed(n_high, n, min_size)  # group sizes do not change under permutation
         exceed = 0
-        for _ in range(int(n_permutations)):
+        for _ in progress(range(int(n_permutations)), desc="permutation test"):
             perm_stat = logrank_scan(rng.permutation(score), time, event)[2][allowed]
             exceed += bool(np.nanmax(perm_stat, initial=-np.inf) >= stat - 1e-9)
         p_adj = (1 + exceed) / (1 + int(n_permutations))

@@ -1,0 +1,38 @@
+"""Progress bars (tqdm) on long loops, shown when fracsurv's log shows INFO.
+
+The command line logs INFO unless ``--quiet``, so bars appear there; a library
+user turns them on with ``logging.getLogger("fracsurv").setLevel(logging.INFO)``.
+``FRACSURV_PROGRESS=1`` or ``=0`` forces them on or off. Bars go to stderr and
+disappear when done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+__all__ = ["progress", "show_progress"]
+
+T = TypeVar("T")
+
+
+def show_progress() -> bool:
+    """Whether long loops show a progress bar now (see the module notes)."""
+    env = os.environ.get("FRACSURV_PROGRESS")
+    if env is not None and env.strip():
+        return env.strip().lower() not in ("0", "false", "no", "off")
+    return logging.getLogger("fracsurv").isEnabledFor(logging.INFO)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
+             enabled: bool | None = None) -> Iterable[T] | Iterator[T]:
+    """``iterable`` wrapped in a tqdm bar when ``enabled`` (default: :func:`show_progress`)."""
+    if not (show_progress() if enabled is None else enabled):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
+                mininterval=0.5, dynamic_ncols=True)
