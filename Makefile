@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= fracsurv-demo
 
-.PHONY: demo test test-slow lint bench clean venv gpu-wheels
+.PHONY: demo test test-slow lint bench clean venv gpu-wheels docs
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The docs site (site/): docs/, the docstrings and the examples, each run once.
+docs: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,docs]"
+	$(VENV)/bin/mkdocs build --site-dir site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fracsurv tests benchmarks examples

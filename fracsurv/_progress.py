@@ -2,7 +2,8 @@
 
 The command line logs INFO unless ``--quiet``, so bars appear there; a library
 user turns them on with ``logging.getLogger("fracsurv").setLevel(logging.INFO)``.
-``FRACSURV_PROGRESS=1`` or ``=0`` forces them on or off. Bars go to stderr and
+They are drawn on a terminal only (not into log files). ``FRACSURV_PROGRESS=1``
+or ``=0`` forces them on (terminal or not) or off. Bars go to stderr and
 disappear when done.
 """
 
@@ -30,9 +31,16 @@ def show_progress() -> bool:
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
              enabled: bool | None = None) -> Iterable[T] | Iterator[T]:
     """``iterable`` wrapped in a tqdm bar when ``enabled`` (default: :func:`show_progress`)."""
-    if not (show_progress() if enabled is None else enabled):
+    forced = enabled or _forced()
+    if not (forced or (enabled is None and show_progress())):
         return iterable
     from tqdm.auto import tqdm
 
+    # disable=None: tqdm shows the bar only on a terminal (no \r noise in log files)
     return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
-                mininterval=0.5, dynamic_ncols=True)
+                mininterval=0.5, dynamic_ncols=True, disable=False if forced else None)
+
+
+def _forced() -> bool:
+    env = os.environ.get("FRACSURV_PROGRESS", "").strip().lower()
+    return bool(env) and env not in ("0", "false", "no", "off")

@@ -94,6 +94,7 @@ def test_demo_on_a_cohort_without_enough_events_is_a_one_line_usage_error(tmp_pa
     monkeypatch.setenv("FRACSURV_DATA", str(tmp_path / "data"))
     assert main(["demo", "--out", str(tmp_path / "out"), "--tiny", "--n-patients", "40",
                  "--image-shape", "64x32"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "1 fracture event" in err[0] and "--n-patients" in err[0]
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("fracsurv demo: error: ")
+    assert "1 fracture event" in err[0] and "--n-patients" in err[0]
     assert not (tmp_path / "out" / "report.html").exists()
