@@ -29,7 +29,6 @@ test-slow: $(STAMP)
 
 # The docs site (site/): docs/, the docstrings and the examples, each run once.
 docs: $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,docs]"
 	$(VENV)/bin/mkdocs build --site-dir site
 
 lint: $(STAMP)

@@ -22,10 +22,10 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
+from fracsurv import CropStacker
 from fracsurv.datasets import make_spine_cohort
 from fracsurv.preprocessing import SelectColumns
 from fracsurv.survival import DeepSurvRegressor, FusionSurvival
-from fracsurv.vertebrae import CropStacker
 
 cohort = make_spine_cohort(300, image_shape=(256, 128), random_state=7)
 X, y = cohort.frame, cohort.target
