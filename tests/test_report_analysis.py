@@ -224,3 +224,27 @@ def test_report_writes_results_json_csv_png_svg(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "&lt;0.001" in html and "0.0002" not in html  # one p format in the page
     assert res["sections"][0]["tables"] == ["one", "table-one"]
+
+
+def test_demo_cox_tables_show_lifelines_convergence_problems_in_the_report():
+    # a covariate that separates events from non-events: lifelines warns that the
+    # fit did not converge; the demo's report must say so rather than print the HR alone
+    from fracsurv.demo.context import DemoContext
+    from fracsurv.demo.tables import _fit
+    from fracsurv.report.html import Report
+
+    rng = np.random.default_rng(0)
+    n = 60
+    event = np.zeros(n, bool)
+    event[:12] = True
+    time = rng.exponential(5, n)
+    frame = pd.DataFrame({"age": rng.normal(70, 5, n), "marker": event.astype(float)})
+    ctx = DemoContext(out=None, seed=0, tiny=True, report=Report("t"))
+    ctx.report.section("HR", "hr")
+    ctx.y_test = np.array(list(zip(event, time, strict=True)),
+                          dtype=[("event", bool), ("time", float)])
+    tables = _fit(ctx, frame, {"Age": ["age"], "Marker": ["marker"]},
+                  {"Both": ["Age", "Marker"]}, [])
+    assert tables is not None
+    warned = ctx.report.results()["values"].get("warnings", [])
+    assert len(warned) == 1 and "convergence" in warned[0]

@@ -8,6 +8,7 @@ patient) are left out with a notice rather than failing the whole table.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,11 +47,34 @@ def _fit(ctx: DemoContext, frame: pd.DataFrame, terms: dict, models: dict,
     if dropped:
         ctx.report.add_notice(f"left out, constant on the test split: {', '.join(dropped)}")
     try:
-        return cox_table(frame, ctx.y_test, {t: terms[t] for t in terms}, models=models,
-                         comparisons=comps, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tables = cox_table(frame, ctx.y_test, {t: terms[t] for t in terms}, models=models,
+                               comparisons=comps, **kwargs)
     except (ValueError, np.linalg.LinAlgError) as exc:  # lifelines' ConvergenceError is a ValueError
         ctx.report.add_notice(f"Cox models not estimable on this test split: {exc}")
         return None
+    _report_convergence(ctx, caught)
+    return tables
+
+
+def _report_convergence(ctx: DemoContext, caught: list[warnings.WarningMessage]) -> None:
+    """lifelines' convergence warnings (separation, collinearity) shown in the report."""
+    from lifelines.exceptions import ConvergenceWarning
+
+    seen: list[str] = []
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            first = str(w.message).strip().splitlines()[0].split(" For example")[0].strip()
+            if first not in seen:
+                seen.append(first)
+        else:  # other warnings keep their normal route
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if seen:
+        ctx.report.add_warning(
+            f"lifelines reported {len(seen)} convergence problem(s) on the test split; the "
+            "hazard ratios concerned may be unreliable (small events count, separation or "
+            "collinearity): " + " | ".join(seen[:3]) + (" | ..." if len(seen) > 3 else ""))
 
 
 def _show(ctx: DemoContext, tables: CoxTables, name: str, columns: list[str]) -> None:
