@@ -248,3 +248,37 @@ def test_demo_cox_tables_show_lifelines_convergence_problems_in_the_report():
     assert tables is not None
     warned = ctx.report.results()["values"].get("warnings", [])
     assert len(warned) == 1 and "convergence" in warned[0]
+
+
+def test_demo_cox_table_names_the_level_without_events_when_it_cannot_be_fitted(monkeypatch):
+    # the 800-patient demo's test split had a HIGH group of 7 patients and 0 events and
+    # lifelines halted ("delta contains nan value(s)"); the report must say which level
+    import fracsurv.demo.tables as demo_tables
+    from fracsurv.demo.context import DemoContext
+    from fracsurv.report.html import Report
+
+    rng = np.random.default_rng(1)
+    n = 80
+    event = rng.random(n) < 0.3
+    high = np.zeros(n)
+    high[np.flatnonzero(~event)[:3]] = 1  # 3 patients, none with an event
+    frame = pd.DataFrame({"age": rng.normal(70, 5, n), "risk_HIGH": high})
+    ctx = DemoContext(out=None, seed=0, tiny=True, report=Report("t"))
+    ctx.report.section("HR", "hr")
+    ctx.y_test = np.array(list(zip(event, rng.exponential(5, n), strict=True)),
+                          dtype=[("event", bool), ("time", float)])
+
+    def halt(*args, **kwargs):
+        from lifelines.exceptions import ConvergenceError
+
+        raise ConvergenceError("delta contains nan value(s). Convergence halted. Please see")
+
+    monkeypatch.setattr(demo_tables, "cox_table", halt)
+    tables = demo_tables._fit(ctx, frame, {"Age": ["age"], "Risk group": {"risk_HIGH": "HIGH"}},
+                              {"Both": ["Age", "Risk group"]}, [])
+    assert tables is None
+    warned = ctx.report.results()["values"]["warnings"]
+    assert len(warned) == 1
+    assert "risk_HIGH = 1 for 3 patients with 0 events" in warned[0]
+    assert "age" not in warned[0].split("lifelines")[0]  # only the eventless level is named
+    assert "delta contains nan value(s)" in warned[0]

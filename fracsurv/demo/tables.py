@@ -52,10 +52,26 @@ def _fit(ctx: DemoContext, frame: pd.DataFrame, terms: dict, models: dict,
             tables = cox_table(frame, ctx.y_test, {t: terms[t] for t in terms}, models=models,
                                comparisons=comps, **kwargs)
     except (ValueError, np.linalg.LinAlgError) as exc:  # lifelines' ConvergenceError is a ValueError
-        ctx.report.add_notice(f"Cox models not estimable on this test split: {exc}")
+        why = _eventless_levels(frame, ctx.y_test["event"], terms)
+        first = str(exc).split(". ")[0]
+        ctx.report.add_warning(f"Cox models not estimable on this test split: "
+                               f"{why + '; ' if why else ''}lifelines: {first}")
         return None
     _report_convergence(ctx, caught)
     return tables
+
+
+def _eventless_levels(frame: pd.DataFrame, event: np.ndarray, terms: dict) -> str:
+    """Indicator columns whose 1-rows hold no event: their hazard ratio has no finite estimate."""
+    out = []
+    event = np.asarray(event, bool)
+    for cols in terms.values():
+        for c in cols:
+            v = pd.to_numeric(frame[c], errors="coerce").to_numpy()
+            if set(np.unique(v[np.isfinite(v)])) <= {0.0, 1.0} and (v == 1).any():
+                if not event[v == 1].any():
+                    out.append(f"{c} = 1 for {int((v == 1).sum())} patients with 0 events")
+    return ", ".join(out) + (" (no finite hazard ratio)" if out else "")
 
 
 def _report_convergence(ctx: DemoContext, caught: list[warnings.WarningMessage]) -> None:
