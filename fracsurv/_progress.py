@@ -20,18 +20,22 @@ __all__ = ["progress", "show_progress"]
 T = TypeVar("T")
 
 
+def _env_flag() -> bool | None:
+    """``FRACSURV_PROGRESS`` as on/off, or None when unset or empty."""
+    env = os.environ.get("FRACSURV_PROGRESS", "").strip().lower()
+    return None if not env else env not in ("0", "false", "no", "off")
+
+
 def show_progress() -> bool:
     """Whether long loops show a progress bar now (see the module notes)."""
-    env = os.environ.get("FRACSURV_PROGRESS")
-    if env is not None and env.strip():
-        return env.strip().lower() not in ("0", "false", "no", "off")
-    return logging.getLogger("fracsurv").isEnabledFor(logging.INFO)
+    flag = _env_flag()
+    return logging.getLogger("fracsurv").isEnabledFor(logging.INFO) if flag is None else flag
 
 
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
              enabled: bool | None = None) -> Iterable[T] | Iterator[T]:
     """``iterable`` wrapped in a tqdm bar when ``enabled`` (default: :func:`show_progress`)."""
-    forced = enabled or _forced()
+    forced = bool(enabled) or _env_flag() is True
     if not (forced or (enabled is None and show_progress())):
         return iterable
     from tqdm.auto import tqdm
@@ -39,8 +43,3 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
     # disable=None: tqdm shows the bar only on a terminal (no \r noise in log files)
     return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
                 mininterval=0.5, dynamic_ncols=True, disable=False if forced else None)
-
-
-def _forced() -> bool:
-    env = os.environ.get("FRACSURV_PROGRESS", "").strip().lower()
-    return bool(env) and env not in ("0", "false", "no", "off")

@@ -68,9 +68,10 @@ def _eventless_levels(frame: pd.DataFrame, event: np.ndarray, terms: dict) -> st
     for cols in terms.values():
         for c in cols:
             v = pd.to_numeric(frame[c], errors="coerce").to_numpy()
-            if set(np.unique(v[np.isfinite(v)])) <= {0.0, 1.0} and (v == 1).any():
-                if not event[v == 1].any():
-                    out.append(f"{c} = 1 for {int((v == 1).sum())} patients with 0 events")
+            ones = v == 1
+            if set(np.unique(v[np.isfinite(v)])) <= {0.0, 1.0} and ones.any() \
+                    and not event[ones].any():
+                out.append(f"{c} = 1 for {int(ones.sum())} patients with 0 events")
     return ", ".join(out) + (" (no finite hazard ratio)" if out else "")
 
 

@@ -277,7 +277,7 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         jobs = (delayed(self._row)(c) for c in cells)
         results = list(progress(parallel(n_jobs=self.n_jobs, return_as="generator")(jobs),
                                 total=len(cells), desc="DicomLoader",
-                                enabled=True if self.verbose else None))
+                                enabled=bool(self.verbose) or None))
         out = X.copy()
         images, errors = [], []
         meta_rows = []
