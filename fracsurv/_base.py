@@ -169,7 +169,9 @@ def file_ref(path: Any) -> str:
 def row_label(X: Any, pos: int) -> str:
     """Human-readable name of row ``pos``: its index label for frames, else its position."""
     if isinstance(X, pd.DataFrame | pd.Series):
-        return f"row {X.index[pos]!r} (position {pos})"
+        label = X.index[pos]
+        label = label.item() if isinstance(label, np.generic) else label  # 3, not np.int64(3)
+        return f"row {label!r} (position {pos})"
     return f"row {pos}"
 
 

@@ -185,20 +185,92 @@ def _summary(result: pd.DataFrame, X: pd.DataFrame) -> None:
                         "risks do not use the radiographs", col)
 
 
-def score_patients(model: Path, images: Path, clinical: Path, out: Path,
+def _score_part(pipe: Pipeline, part: pd.DataFrame) -> pd.DataFrame:
+    """One partition of a distributed scoring job (runs on a worker)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*patient_id.*more than once")
+        return score_frame(pipe, part)
+
+
+def _file_resolver(images: Path) -> Callable[[Any], Any]:
+    def resolve(cell: Any) -> Any:
+        if not isinstance(cell, str):
+            return None
+        parts = [str(images / p.strip()) for p in cell.split(";") if p.strip()]
+        return parts[0] if len(parts) == 1 else parts
+    return resolve
+
+
+def _dicomweb_resolver(server: str) -> Callable[[Any], Any]:
+    """``STUDY[/SERIES[/INSTANCE]]`` UIDs (or full references) to references on ``server``."""
+    from fracsurv.io.dicomweb import dicomweb_ref, is_dicomweb
+
+    def one(text: str) -> str:
+        if is_dicomweb(text):
+            return text
+        uids = [u for u in text.strip("/").split("/") if u]
+        if len(uids) == 5 and uids[1] == "series" and uids[3] == "instances":
+            uids = uids[0::2]  # "study/series/<uid>/instances/<uid>" spelled out
+        if 1 <= len(uids) <= 3:
+            return dicomweb_ref(server, *uids)
+        return f"{server}/studies//"  # malformed: the loader reports it for this row
+
+    def resolve(cell: Any) -> Any:
+        if not isinstance(cell, str):
+            return None
+        parts = [one(p.strip()) for p in cell.split(";") if p.strip()]
+        return parts[0] if len(parts) == 1 else parts
+    return resolve
+
+
+def _study_of(cell: Any) -> set[str]:
+    from fracsurv.io.dicomweb import DicomLoadError, parse_reference
+
+    found = set()
+    for ref in (cell if isinstance(cell, list) else [cell]):
+        try:
+            found.add(parse_reference(ref).study)
+        except (DicomLoadError, AttributeError):
+            continue
+    return found
+
+
+def _score_on_cluster(pipe: Pipeline, X: pd.DataFrame, scheduler: Any, partition_size: int,
+                      cache_dir: Any) -> pd.DataFrame:
+    from fracsurv import dist
+
+    try:
+        client = dist.connect(scheduler)
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"--scheduler {scheduler}: no dask scheduler answers there "
+                         f"({type(exc).__name__})") from None
+    try:
+        return dist.map_partitions(_score_part, pipe, X, client, partition_size=partition_size,
+                                   cache_dir=cache_dir)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def score_patients(model: Path, images: Path | None, clinical: Path, out: Path,
                    allow_pickle: bool = False,
-                   cache_dir: str | Path | None = None) -> tuple[int, int]:
-    """Score the patients of ``clinical`` (CSV) whose images lie in ``images``.
+                   cache_dir: str | Path | None = None, *, dicomweb: str | None = None,
+                   studies: list[str] | None = None, scheduler: Any = None,
+                   partition_size: int = 64) -> tuple[int, int]:
+    """Score the patients of ``clinical`` (CSV) whose images lie in ``images`` or a PACS.
 
     The CSV's ``image`` column holds file names relative to ``images`` (several
-    per row separated by ``;``). Errors are recorded per row, not raised.
+    per row separated by ``;``) or, with ``dicomweb``, DICOMweb references:
+    ``STUDY_UID``, ``STUDY_UID/SERIES_UID`` or ``STUDY/SERIES/INSTANCE`` UIDs
+    on that server (a study or series loads all its instances), or full
+    reference URLs. Errors are recorded per row, not raised.
 
     Parameters
     ----------
     model : Path
         Folder written by :func:`fracsurv.save_pipeline`.
-    images : Path
-        Folder the ``image`` column is relative to.
+    images : Path or None
+        Folder the ``image`` column is relative to (``None`` with ``dicomweb``).
     clinical : Path
         CSV with ``patient_id``, ``image`` and the clinical columns.
     out : Path
@@ -209,6 +281,15 @@ def score_patients(model: Path, images: Path, clinical: Path, out: Path,
     cache_dir : path, optional
         Image cache of this run (reused by later runs). Default: a temporary
         folder removed afterwards. The cache saved in the model is never used.
+        Required with ``scheduler``: a folder every worker can write.
+    dicomweb : str, optional
+        DICOMweb service root (e.g. ``http://pacs:8042/dicom-web``).
+    studies : list of str, optional
+        With ``dicomweb``: score only the rows whose references lie in these
+        studies.
+    scheduler : str or distributed.Client, optional
+        Score on this dask cluster, ``partition_size`` rows per task (see
+        :mod:`fracsurv.dist`); the images must be readable by every worker.
 
     Returns
     -------
@@ -220,27 +301,37 @@ def score_patients(model: Path, images: Path, clinical: Path, out: Path,
     UsageError
         For an output that cannot be written or an unusable clinical CSV.
     """
-    out, images = Path(out), Path(images)
+    out = Path(out)
+    if (images is None) == (dicomweb is None):
+        raise UsageError("give exactly one image source: --images FOLDER or --dicomweb URL")
+    if studies and dicomweb is None:
+        raise UsageError("--study selects studies of a DICOMweb server: it needs --dicomweb")
+    if scheduler is not None and cache_dir is None:
+        raise UsageError("--scheduler needs --cache-dir: a folder on storage every worker "
+                         "can write (the images travel through it)")
     check_output_path(out)
     X = read_clinical(clinical)
-    if not images.is_dir():
-        log.warning("warning: --images %s is not a folder: every row will be 'file not found'",
-                    images)
+    if images is not None:
+        images = Path(images)
+        if not images.is_dir():
+            log.warning("warning: --images %s is not a folder: every row will be "
+                        "'file not found'", images)
+        X["image"] = X["image"].map(_file_resolver(images))
+    else:
+        X["image"] = X["image"].map(_dicomweb_resolver(str(dicomweb).rstrip("/")))
+        if studies:
+            keep = X["image"].map(lambda c: bool(_study_of(c) & set(studies)))
+            if not keep.any():
+                raise UsageError("no row of --clinical refers to a study given with --study")
+            X = X.loc[keep].reset_index(drop=True)
     out.unlink(missing_ok=True)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
-
-    def resolve(cell: Any) -> Any:
-        if not isinstance(cell, str):
-            return None
-        parts = [str(images / p.strip()) for p in cell.split(";") if p.strip()]
-        return parts[0] if len(parts) == 1 else parts
-
-    X["image"] = X["image"].map(resolve)
     with tempfile.TemporaryDirectory(prefix="fracsurv-score-") as tmp:
         _set_runtime(pipe, str(cache_dir) if cache_dir else tmp)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*patient_id.*more than once")
-            result = score_frame(pipe, X)
+        if scheduler is not None:
+            result = _score_on_cluster(pipe, X, scheduler, partition_size, cache_dir)
+        else:
+            result = _score_part(pipe, X)
     with atomic_open(out, "w") as fh:
         result.to_csv(fh, index=False)
     _summary(result, X)

@@ -61,15 +61,26 @@ def _parser() -> argparse.ArgumentParser:
                     "stops the others. Files are named in messages by a hash of their path "
                     "(--debug logs the path). See docs/score.md.")
     s.add_argument("--model", type=Path, required=True, help="folder written by save_pipeline")
-    s.add_argument("--images", type=Path, required=True, help="folder of DICOM/PNG images")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="folder of DICOM/PNG images")
+    source.add_argument("--dicomweb", metavar="URL",
+                        help="DICOMweb service root of a PACS (e.g. http://pacs:8042/dicom-web); "
+                             "the image column then holds STUDY[/SERIES[/INSTANCE]] UIDs")
+    s.add_argument("--study", action="append", metavar="UID", default=None,
+                   help="with --dicomweb: score only rows in this study (repeatable)")
     s.add_argument("--clinical", type=Path, required=True,
-                   help="CSV with patient_id, image (file name relative to --images) and the "
-                        "clinical columns the model needs")
+                   help="CSV with patient_id, image (file name relative to --images, or "
+                        "DICOMweb UIDs) and the clinical columns the model needs")
     s.add_argument("--out", type=Path, required=True,
                    help="output CSV (written atomically; a previous file is replaced)")
     s.add_argument("--cache-dir", type=Path, default=None,
                    help="image cache of this run, reused by later runs (default: a temporary "
                         "folder; the training machine's cache saved in the model is never used)")
+    s.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="score on this dask.distributed scheduler (e.g. tcp://host:8786); "
+                        "needs --cache-dir on storage all workers share")
+    s.add_argument("--partition-size", type=int, default=64,
+                   help="rows per dask task (with --scheduler)")
     s.add_argument("--allow-pickle", action="store_true",
                    help="allow steps saved with pickle (only for models you trust)")
     return p
@@ -97,7 +108,9 @@ def _run(args: argparse.Namespace) -> int:
     from fracsurv.batch import score_patients
 
     n_ok, n_bad = score_patients(args.model, args.images, args.clinical, args.out,
-                                 allow_pickle=args.allow_pickle, cache_dir=args.cache_dir)
+                                 allow_pickle=args.allow_pickle, cache_dir=args.cache_dir,
+                                 dicomweb=args.dicomweb, studies=args.study,
+                                 scheduler=args.scheduler, partition_size=args.partition_size)
     print(f"scored {n_ok} of {n_ok + n_bad} rows -> {args.out}"
           + (f" ({n_bad} failed: see the error column)" if n_bad else ""))
     return 1 if n_ok == 0 else 0

@@ -70,15 +70,15 @@ def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip((arr - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
 
 
-def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
+def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto",
                  exact_range: bool = True,
                  max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode one DICOM file.
 
     Parameters
     ----------
-    path : str or Path
-        The file.
+    path : str, Path or pydicom.Dataset
+        The file, or a dataset already read (e.g. retrieved over DICOMweb).
     voi : "auto", "none" or (center, width)
         ``"auto"`` applies the file's VOI LUT or first window when present;
         ``"none"`` keeps modality values; a pair applies that window.
@@ -105,7 +105,9 @@ def decode_dicom(path: str | Path, voi: str | tuple[float, float] = "auto",
         With a message that names the problem and contains no identifiers.
     """
     # 1. header (never an identifier in the message)
-    ds = _read_header(path)
+    from pydicom import Dataset
+
+    ds = path if isinstance(path, Dataset) else _read_header(path)
     try:
         # 2. pixel data present, of an acceptable size, and decodable
         if max_pixels is not None and "Rows" in ds and "Columns" in ds:

@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from fracsurv._base import FrameTransformerMixin, file_ref, parallel, row_label
 from fracsurv._progress import progress
 from fracsurv.contract import DEFAULT_IMAGE_SHAPE
+from fracsurv.io import dicomweb
 from fracsurv.io.dicom import DicomLoadError, decode_dicom
 from fracsurv.io.preprocess import geometry, preprocess
 from fracsurv.io.refs import ImageCache, hash_parts, iter_cell, load_image
@@ -45,7 +46,11 @@ def _check_size(rows: int, cols: int, max_pixels: int | None) -> None:
                              "(raise max_pixels if this is a genuine radiograph)")
 
 
-def _decode(item: Any, voi: Any, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def _decode(item: Any, voi: Any, max_pixels: int | None = None,
+            web: tuple[float, int] = (30.0, 3)) -> tuple[np.ndarray, dict[str, Any]]:
+    if dicomweb.is_dicomweb(item):
+        ds = dicomweb.retrieve_dataset(item, *web)
+        return decode_dicom(ds, voi, exact_range=False, max_pixels=max_pixels)
     if isinstance(item, np.ndarray):
         if item.ndim != 2:
             raise DicomLoadError(f"array images must be 2-D, got shape {item.shape}")
@@ -110,7 +115,9 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     image_column : str, default="image"
-        Column with DICOM/PNG/TIFF paths, 2-D arrays, or lists of them per row.
+        Column with DICOM/PNG/TIFF paths, DICOMweb references (instance, series
+        or study URLs, see :mod:`fracsurv.io.dicomweb`), 2-D arrays, or lists
+        of them per row. A series or study reference loads all its instances.
     output_shape : (int, int) or None, default=(1024, 512)
         Aspect-preserving resize and zero padding (the studies' 1024x512).
     voi : "auto", "none" or (center, width), default="auto"
@@ -135,6 +142,11 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         Images with more pixels (rows x columns, read from the header before
         decoding) are refused with a per-row error: a small compressed file can
         otherwise decode to gigabytes. Radiographs have at most ~20 million.
+    dicomweb_timeout : float, default=30
+        Seconds to wait for a DICOMweb server (connect and each read).
+    dicomweb_retries : int, default=3
+        Retries of a failed DICOMweb request (connection errors, timeouts,
+        HTTP 429/5xx), with exponential back-off.
     on_error : {"raise", "skip"}, default="raise"
         ``"skip"``: failing rows get no image and a ``load_error`` message; the
         others are processed.
@@ -164,6 +176,8 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         "cache_dir": [str, os.PathLike, None],
         "keypoints_column": [str, None],
         "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+        "dicomweb_timeout": [Interval(Real, 0, None, closed="neither")],
+        "dicomweb_retries": [Interval(Integral, 0, None, closed="left")],
         "on_error": [StrOptions({"raise", "skip"})],
         "n_jobs": [Integral, None],
         "verbose": ["verbose"],
@@ -174,6 +188,7 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
                  clahe_clip_limit: float = 0.01, clahe_kernel_size: int | None = None,
                  normalize: str = "minmax", cache_dir: str | None = None,
                  keypoints_column: str | None = "keypoints", max_pixels: int | None = 50_000_000,
+                 dicomweb_timeout: float = 30.0, dicomweb_retries: int = 3,
                  on_error: str = "raise", n_jobs: int | None = None, verbose: int = 0) -> None:
         self.image_column = image_column
         self.output_shape = output_shape
@@ -186,6 +201,8 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.keypoints_column = keypoints_column
         self.max_pixels = max_pixels
+        self.dicomweb_timeout = dicomweb_timeout
+        self.dicomweb_retries = dicomweb_retries
         self.on_error = on_error
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -225,14 +242,19 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         cache = ImageCache(self.cache_dir) if self.cache_dir else None
         key = None
         if cache is not None:
-            content = item if isinstance(item, np.ndarray) else (
-                _file_digest(Path(item)) if Path(item).is_file() else None)
+            if dicomweb.is_dicomweb(item):
+                # an instance's content never changes under its SOP Instance UID
+                content = ("dicomweb", item)
+            else:
+                content = item if isinstance(item, np.ndarray) else (
+                    _file_digest(Path(item)) if Path(item).is_file() else None)
             if content is not None:
                 key = hash_parts(content, *self._params_key())
                 ref, meta = cache.get(key), cache.get_meta(key)
                 if ref is not None and meta is not None:
                     return ref, meta
-        img, meta = _decode(item, self.voi, self.max_pixels)
+        img, meta = _decode(item, self.voi, self.max_pixels,
+                            (self.dicomweb_timeout, self.dicomweb_retries))
         meta = {k: meta[k] for k in META_COLUMNS}
         out = preprocess(img, output_shape=self.output_shape, spacing_mm=meta["spacing_mm"],
                          target_spacing=self.target_spacing, clahe=self.clahe,
@@ -244,24 +266,39 @@ class DicomLoader(FrameTransformerMixin, TransformerMixin, BaseEstimator):
                              for k, v in meta.items()})
         return cache.put(out, key), meta
 
+    def _expand(self, items: list[Any]) -> list[Any]:
+        """Series and study references replaced by their instances."""
+        out: list[Any] = []
+        for item in items:
+            if dicomweb.is_dicomweb(item):
+                out += dicomweb.expand_reference(item, self.dicomweb_timeout,
+                                                 self.dicomweb_retries)
+            else:
+                out.append(item)
+        return out
+
     def _row(self, cell: Any) -> tuple[Any, dict[str, Any] | None, str | None]:
         items = iter_cell(cell)
         if not items:
             return None, None, "no image in this row"
         refs, metas = [], []
-        for item in items:
-            try:
+        item: Any = items[0]
+        try:
+            items = self._expand(items)
+            for item in items:
                 ref, meta = self._one(item)
-            except DicomLoadError as exc:
-                if isinstance(item, np.ndarray):
-                    where = "an array"
-                else:
-                    where = file_ref(item)
-                    log.debug("%s is %s", where, item)  # the path only at DEBUG level
-                return None, None, f"{where}: {exc}"
-            refs.append(ref)
-            metas.append(meta)
-        single = not isinstance(cell, list | tuple) and not (
+                refs.append(ref)
+                metas.append(meta)
+        except DicomLoadError as exc:
+            if isinstance(item, np.ndarray):
+                where = "an array"
+            elif dicomweb.is_dicomweb(item):
+                where = dicomweb.ref_label(item)  # UIDs are identifiers: never logged
+            else:
+                where = file_ref(item)
+                log.debug("%s is %s", where, item)  # the path only at DEBUG level
+            return None, None, f"{where}: {exc}"
+        single = len(items) == 1 and not isinstance(cell, list | tuple) and not (
             isinstance(cell, np.ndarray) and cell.dtype == object)
         return (refs[0] if single else refs), metas[0], None
 
