@@ -7,6 +7,7 @@ Error messages name the problem and the first bad row, so a user with a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import pandas as pd
 
 __all__ = ["DEPRECATED", "FrameTransformerMixin", "append_columns", "appended_feature_names",
            "check_features",
-           "check_survival_y", "derive_seed", "file_ref", "parallel", "renamed_attribute", "renamed_param", "row_label",
+           "check_survival_y", "derive_seed", "file_ref", "map_ordered", "parallel", "renamed_attribute", "renamed_param", "row_label",
            "survival_arrays", "warn_duplicate_ids"]
 
 
@@ -152,6 +153,51 @@ def parallel(n_jobs: int | None, return_as: str = "list") -> Any:
     if type(backend).__name__ == "LokyBackend":
         kwargs["idle_worker_timeout"] = float(os.environ.get("FRACSURV_WORKER_IDLE_S", 30))
     return Parallel(n_jobs=n_jobs, return_as=return_as, **kwargs)
+
+
+def _min_parallel_s() -> float:
+    import os
+
+    return float(os.environ.get("FRACSURV_MIN_PARALLEL_S", 5.0))
+
+
+def map_ordered(fn: Any, items: Sequence[tuple[Any, ...]], n_jobs: int | None, desc: str = "",
+                enabled: bool | None = None) -> list[Any]:
+    """``[fn(*args) for args in items]``, on joblib workers when that pays.
+
+    The first item runs in this process and is timed. With joblib's default
+    (loky) backend the rest go to workers only when their estimated sequential
+    run time exceeds ``$FRACSURV_MIN_PARALLEL_S`` (default 5 s): starting two
+    workers and importing fracsurv in them costs ~2-3 s, so short jobs ran
+    3x slower with ``n_jobs=2`` than with 1 (``benchmarks/dicom_loading.py``).
+    Another backend (e.g. dask via ``joblib.parallel_config``) is always used.
+    Results keep the order of ``items``; a progress bar is shown as in
+    :func:`fracsurv._progress.progress`.
+    """
+    import time
+
+    from joblib import delayed, effective_n_jobs
+    from joblib.parallel import get_active_backend
+
+    from fracsurv._progress import progress
+
+    items = list(items)
+
+    def run() -> Any:
+        if not items:
+            return
+        t0 = time.perf_counter()
+        yield fn(*items[0])
+        rest = items[1:]
+        loky = type(get_active_backend()[0]).__name__ == "LokyBackend"
+        seconds = (time.perf_counter() - t0) * len(rest)
+        if not rest or effective_n_jobs(n_jobs) <= 1 or (loky and seconds < _min_parallel_s()):
+            for args in rest:
+                yield fn(*args)
+        else:
+            yield from parallel(n_jobs, return_as="generator")(delayed(fn)(*a) for a in rest)
+
+    return list(progress(run(), total=len(items), desc=desc, enabled=enabled))
 
 
 def file_ref(path: Any) -> str:

@@ -151,7 +151,8 @@ def test_deterministic(small):
     assert other.frame["image"][0].tobytes() != small.frame["image"][0].tobytes()
 
 
-def test_parallel_generation_is_identical():
+def test_parallel_generation_is_identical(monkeypatch):
+    monkeypatch.setenv("FRACSURV_MIN_PARALLEL_S", "0")  # workers even for a short job
     a = make_spine_cohort(6, image_shape=(128, 64), random_state=5, n_jobs=1)
     b = make_spine_cohort(6, image_shape=(128, 64), random_state=5, n_jobs=2)
     assert all(x.tobytes() == y.tobytes() for x, y in zip(a.frame["image"], b.frame["image"]))

@@ -109,3 +109,28 @@ def test_calibration_recovers_a_known_temperature_and_a_monotone_map():
     x, y = fit_isotonic(3.0 * true_logit, labels)
     assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
     assert 0.0 <= y.min() and y.max() <= 1.0
+
+
+# --- issue 24: workers only when they pay for their start-up ---
+
+
+def _pid_after(seconds):
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_map_ordered_starts_workers_only_for_long_jobs(monkeypatch):
+    import os
+
+    from fracsurv._base import map_ordered
+
+    short = map_ordered(_pid_after, [(0.0,)] * 6, n_jobs=2)
+    assert set(short) == {os.getpid()}  # 6 x ~0 s: not worth two worker start-ups
+    monkeypatch.setenv("FRACSURV_MIN_PARALLEL_S", "0.05")
+    long = map_ordered(_pid_after, [(0.02,)] * 6, n_jobs=2)
+    assert long[0] == os.getpid() and set(long[1:]) - {os.getpid()}  # the rest on workers
+    assert map_ordered(_pid_after, [], n_jobs=2) == []
+    assert map_ordered(lambda a, b: a - b, [(5, 2), (1, 1), (0, 3)], n_jobs=1) == [3, 0, -3]

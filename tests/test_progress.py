@@ -67,6 +67,7 @@ def test_bootstrap_and_permutation_show_a_bar_and_give_the_same_numbers(monkeypa
 
 def test_cohort_simulation_bar_keeps_patients_in_order(monkeypatch, capfd):
     monkeypatch.setenv("FRACSURV_PROGRESS", "1")
+    monkeypatch.setenv("FRACSURV_MIN_PARALLEL_S", "0")
     a = make_spine_cohort(12, image_shape=(32, 16), random_state=5, n_jobs=2)
     assert "simulate cohort" in capfd.readouterr().err
     monkeypatch.setenv("FRACSURV_PROGRESS", "0")

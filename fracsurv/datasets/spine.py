@@ -19,12 +19,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import delayed
 from sklearn.utils import Bunch
 from sksurv.util import Surv
 
-from fracsurv._base import parallel
-from fracsurv._progress import progress
+from fracsurv._base import map_ordered
 from fracsurv.datasets import _clinical as clin
 from fracsurv.datasets._patient import (
     FOV_TYPES,
@@ -124,10 +122,10 @@ def make_spine_cohort(
     # 4. outcomes from the documented proportional-hazards model
     lp, event, time, t_event = clin.outcomes(df, n_vf, sdi, fx_rng)
     # 5. follow-ups and pixels, one task per patient (deterministic for any n_jobs)
-    sims = list(progress(parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_visit_worker)(streams[i][1], plans[i], rows[i], shape, n_followups,
-                               float(t_event[i]), bool(event[i]), images)
-        for i in range(n_patients)), total=n_patients, desc="simulate cohort"))
+    sims = map_ordered(_visit_worker, [(streams[i][1], plans[i], rows[i], shape, n_followups,
+                                        float(t_event[i]), bool(event[i]), images)
+                                       for i in range(n_patients)], n_jobs,
+                       desc="simulate cohort")
     for s in sims:
         for visit in s["visits"]:
             if visit["image"] is not None:

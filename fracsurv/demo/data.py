@@ -87,7 +87,9 @@ def _table_one(ctx: DemoContext) -> pd.DataFrame:
 
 def stage_images(ctx: DemoContext) -> None:
     shape = _image_shape(ctx)
-    loader = DicomLoader(output_shape=shape, cache_dir=str(ctx.out / "cache"), n_jobs=2)
+    # scikit-image's CLAHE: the preprocessing the shipped pretrained models were trained on
+    loader = DicomLoader(output_shape=shape, cache_dir=str(ctx.out / "cache"), n_jobs=2,
+                         clahe_backend="skimage")
     ctx.train = loader.fit_transform(ctx.train)
     ctx.test = loader.transform(ctx.test)
     ctx.fitted["DicomLoader"] = loader

@@ -67,12 +67,16 @@ def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
     # pydicom only offers for values stored in the dataset.
     if width <= 1:
         raise DicomLoadError(f"window width must be > 1, got {width}")
-    return np.clip((arr - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    out = np.array(arr, dtype=np.float32, copy=True)  # in place from here: 4 passes, 1 buffer
+    out -= center - 0.5
+    out *= 1.0 / (width - 1)
+    out += 0.5
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto",
-                 exact_range: bool = True,
-                 max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                 exact_range: bool = True, max_pixels: int | None = None,
+                 defer_scaling: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode one DICOM file.
 
     Parameters
@@ -90,6 +94,13 @@ def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto"
     max_pixels : int, optional
         Refuse images with more pixels (rows x columns x frames, from the header)
         before decoding them.
+    defer_scaling : bool, default=False
+        Leave the affine parts to a later min-max normalisation (which makes
+        them redundant): a linear window only clips the modality values, and
+        MONOCHROME1 is not inverted but flagged in ``meta["invert"]``. Min-max
+        scaling the result (``(hi - x) / (hi - lo)`` when inverted) gives the
+        min-max scaled image of the default path; the loader does it after
+        resizing, on a quarter of the pixels.
 
     Returns
     -------
@@ -125,10 +136,11 @@ def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto"
         if int(ds.get("SamplesPerPixel", 1)) == 3 or arr.ndim == 3:
             img = _luminance(arr.astype(np.float32))
         else:
-            img = _apply_luts(arr, ds, voi, exact_range)
+            img = _apply_luts(arr, ds, voi, exact_range, clip_only=defer_scaling)
             # 4. bone bright
-            if photometric == "MONOCHROME1":
-                img = img.max() + img.min() - img
+            if photometric == "MONOCHROME1" and not defer_scaling:
+                own = img.dtype == np.float32 and not np.shares_memory(img, arr)
+                img = np.subtract(img.max() + img.min(), img, out=img if own else None)
         # 5. non-identifying metadata
         meta = {
             "modality": str(ds.get("Modality", "")),
@@ -140,7 +152,10 @@ def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto"
             "bits_stored": int(ds.get("BitsStored", ds.BitsAllocated)),
             "frames": frames,
         }
-        return img.astype(np.float32), meta
+        if defer_scaling:
+            meta["invert"] = photometric == "MONOCHROME1" and img.ndim == 2 and not (
+                int(ds.get("SamplesPerPixel", 1)) == 3 or arr.ndim == 3)
+        return img.astype(np.float32, copy=False), meta
     except DicomLoadError as exc:
         raise DicomLoadError(redact(str(exc), ds)) from None
 
@@ -197,9 +212,19 @@ def _pixel_array(ds: Any) -> np.ndarray:
                                     f"{exc})", ds)) from None
 
 
+def _clip_window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """The clipping of :func:`_window` alone, in modality values (its affine part deferred)."""
+    if width <= 1:
+        raise DicomLoadError(f"window width must be > 1, got {width}")
+    lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    out = np.array(arr, dtype=np.float32, copy=True)
+    return np.clip(out, lo, hi, out=out)
+
+
 def _apply_luts(arr: np.ndarray, ds: Any, voi: str | tuple[float, float],
-                exact_range: bool) -> np.ndarray:
+                exact_range: bool, clip_only: bool = False) -> np.ndarray:
     """Modality LUT, then the VOI the caller asked for (see :func:`decode_dicom`)."""
+    window = _clip_window if clip_only else _window
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     img = apply_modality_lut(arr, ds)
@@ -212,13 +237,13 @@ def _apply_luts(arr: np.ndarray, ds: Any, voi: str | tuple[float, float],
         center, width = (float(v[0] if isinstance(v, list | tuple) or
                                getattr(v, "VM", 1) > 1 else v)
                          for v in (ds.WindowCenter, ds.WindowWidth))
-        img = _window(np.asarray(img, dtype=np.float32), center, width)
+        img = window(img, center, width)
     elif voi == "auto":
         if "VOILUTSequence" in ds or "WindowCenter" in ds:
             img = apply_voi_lut(img, ds, index=0)
     elif voi != "none":
         center, width = voi
-        img = _window(img, float(center), float(width))
+        img = window(img, float(center), float(width))
     return np.asarray(img, dtype=np.float32)
 
 
