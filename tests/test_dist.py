@@ -73,6 +73,29 @@ def test_loader_and_image_models_on_the_cluster_equal_local(cluster, cohort, tmp
     np.testing.assert_allclose(proba, scorer.predict_proba(local), rtol=1e-5, atol=1e-6)
 
 
+def test_vertebra_cropper_on_the_cluster_equals_local(cluster):
+    from fracsurv.vertebrae import VertebraCropper
+
+    _, client = cluster
+    frame = make_spine_cohort(6, image_shape=(256, 128), random_state=8, dicom=False).frame
+    cropper = VertebraCropper(input_shape=(256, 128), channels=(8, 16, 32, 64), num_res_units=0,
+                              train_window=(64, 96), patch_size=32,
+                              refiner_channels=(8, 16, 32, 64), batch_size=4, max_epochs=1,
+                              stage2_epochs=1, validation_fraction=0.0, patience=0,
+                              device="cpu", random_state=0).fit(frame)
+    a = cropper.transform(frame)
+    b = dist.transform(cropper, frame, client, partition_size=2)
+    assert list(b.columns) == list(a.columns) and list(b.index) == list(a.index)
+    for col in ("n_vertebrae", "n_fractures", "max_grade"):
+        if col in a.columns:
+            assert list(b[col]) == list(a[col]), col
+    col = cropper.vertebrae_column
+    for ka, kb in zip(a[col], b[col], strict=True):
+        assert len(ka) == len(kb)
+        for va, vb in zip(ka, kb, strict=True):
+            np.testing.assert_allclose(vb["points"], va["points"], atol=1e-3)
+
+
 def test_diffx_generation_on_the_cluster_equals_local(cluster):
     from fracsurv.generative import DIFFX_PRESETS, DiffXGenerator
 

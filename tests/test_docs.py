@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = r"/(plot_synthetic_cohort|deepsurv_real_data)\.py"
+FAST = r"/(plot_synthetic_cohort|deepsurv_real_data|dask_cluster)\.py"
 
 
 def _build(tmp_path: Path, pattern: str) -> Path:
@@ -37,6 +37,9 @@ def test_docs_site_builds_with_api_reference_and_a_run_example(tmp_path):
     assert (gallery / "images" / "mkd_glr_plot_synthetic_cohort_001.png").stat().st_size > 10_000
     page = (gallery / "deepsurv_real_data" / "index.html").read_text()
     assert "GridSearchCV" in page and "Out" in page  # the script's printed output is shown
+    page = (gallery / "dask_cluster" / "index.html").read_text()
+    assert "identical to the local run: True" in page
+    assert "output_shape" in api and "dicomweb_ref" in api and "map_partitions" in api
 
 
 @pytest.mark.slow
