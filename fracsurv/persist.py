@@ -174,6 +174,13 @@ def check_versions(saved: Any, where: Path | str) -> None:
                           UserWarning, stacklevel=3)
 
 
+#: Parameters added after models were saved whose new default changes results: a saved
+#: step without the parameter keeps the behaviour it was fitted with.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fracsurv.io.loader.DicomLoader": {"clahe_backend": "skimage"},
+}
+
+
 def _load_json_step(entry: dict[str, Any], folder: Path, where: Path) -> BaseEstimator:
     cls = import_allowed_class(require(entry, "class", where), _ALLOWED_PACKAGES, str(where))
     state_file = folder / "state.json"
@@ -181,6 +188,8 @@ def _load_json_step(entry: dict[str, Any], folder: Path, where: Path) -> BaseEst
     params = checked_params(require(meta, "params", state_file), cls, str(state_file))
     for key in MACHINE_PARAMS:
         params.pop(key, None)
+    for key, value in LEGACY_DEFAULTS.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+        params.setdefault(key, value)
     try:
         est = cls(**params)
     except (TypeError, ValueError) as exc:

@@ -48,3 +48,21 @@ def test_refuses_foreign_classes(tmp_path):
     (tmp_path / "00_x" / "state.json").write_text(json.dumps({"params": {}, "attributes": {}}))
     with pytest.raises(ValueError, match="refusing"):
         load_pipeline(tmp_path)
+
+
+def test_a_loader_saved_before_clahe_backend_existed_keeps_scikit_images_clahe(tmp_path):
+    """Issue 24 changed the default CLAHE to OpenCV's; older saved models keep theirs."""
+    import json
+
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+    from fracsurv.io import DicomLoader
+
+    X = pd.DataFrame({"image": [np.outer(np.arange(20.0), np.arange(10.0))]})
+    save_pipeline(Pipeline([("load", DicomLoader(output_shape=(20, 10)).fit(X))]), tmp_path / "m")
+    state = next((tmp_path / "m").rglob("state.json"))
+    meta = json.loads(state.read_text())
+    assert meta["params"].pop("clahe_backend") == "opencv"
+    state.write_text(json.dumps(meta))  # as written before the parameter existed
+    assert load_pipeline(tmp_path / "m").steps[0][1].clahe_backend == "skimage"
