@@ -203,9 +203,9 @@ def main() -> None:
                  .split(rest, event[rest]))
     splits = [(rest[a], rest[b]) for a, b in folds]
 
+    oracle_folds = [{"c_index": concordance_index(y[te], oracle[te])} for _, te in splits]
     table: dict[str, Any] = {
-        "oracle": {**_summary([{"c_index": concordance_index(y[te], oracle[te])}
-                               for _, te in splits]),
+        "oracle": {**_summary(oracle_folds), "folds": oracle_folds,
                    "holdout": {"c_index": concordance_index(y[hold], oracle[hold])}}}
     name = f"fusion_{args.preset.replace('-', '_')}"
     path = Path(args.out) if args.out else RESULTS / f"{name}.json"
