@@ -98,3 +98,21 @@ def test_demo_on_a_cohort_without_enough_events_is_a_one_line_usage_error(tmp_pa
     assert len(err) == 1 and err[0].startswith("fracsurv demo: error: ")
     assert "1 fracture event" in err[0] and "--n-patients" in err[0]
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_the_demo_finds_vertebrae_with_the_shipped_cropper(tmp_path):
+    """Issue 20: outside --tiny/--retrain the crops come from pretrained.load('vertebra-cropper')."""
+    from fracsurv.datasets import make_spine_cohort
+    from fracsurv.demo.context import DemoContext
+    from fracsurv.demo.data import stage_crops
+    from fracsurv.report.html import Report
+
+    frame = make_spine_cohort(16, image_shape=(256, 128), random_state=3301, dicom=False,
+                              n_followups=0).frame
+    ctx = DemoContext(out=tmp_path, seed=0, tiny=False, report=Report("t"), quiet=True)
+    ctx.train, ctx.test = frame.iloc[:8].copy(), frame.iloc[8:].copy()
+    stage_crops(ctx)
+    assert ctx.model_sources["VertebraCropper"] == "fracsurv.pretrained.load('vertebra-cropper')"
+    assert "crops" in ctx.test.columns and len(ctx.test["crops"].iloc[0]) == 13
+    # the shipped detector on the demo's 256 x 128 images (800-patient demo: 0.94 / 0.93)
+    assert ctx.detection["sensitivity"] > 0.85 and ctx.detection["precision"] > 0.85
