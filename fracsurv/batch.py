@@ -192,13 +192,18 @@ def _score_part(pipe: Pipeline, part: pd.DataFrame) -> pd.DataFrame:
         return score_frame(pipe, part)
 
 
-def _file_resolver(images: Path) -> Callable[[Any], Any]:
+def _cell_resolver(one: Callable[[str], str]) -> Callable[[Any], Any]:
+    """A cell of ``;``-separated names -> ``one(name)`` (a list when there are several)."""
     def resolve(cell: Any) -> Any:
         if not isinstance(cell, str):
             return None
-        parts = [str(images / p.strip()) for p in cell.split(";") if p.strip()]
+        parts = [one(p.strip()) for p in cell.split(";") if p.strip()]
         return parts[0] if len(parts) == 1 else parts
     return resolve
+
+
+def _file_resolver(images: Path) -> Callable[[Any], Any]:
+    return _cell_resolver(lambda name: str(images / name))
 
 
 def _dicomweb_resolver(server: str) -> Callable[[Any], Any]:
@@ -215,12 +220,7 @@ def _dicomweb_resolver(server: str) -> Callable[[Any], Any]:
             return dicomweb_ref(server, *uids)
         return f"{server}/studies//"  # malformed: the loader reports it for this row
 
-    def resolve(cell: Any) -> Any:
-        if not isinstance(cell, str):
-            return None
-        parts = [one(p.strip()) for p in cell.split(";") if p.strip()]
-        return parts[0] if len(parts) == 1 else parts
-    return resolve
+    return _cell_resolver(one)
 
 
 def _study_of(cell: Any) -> set[str]:

@@ -133,7 +133,8 @@ def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto"
         if frames > 1:
             arr = arr[0]  # documented choice: first frame
         # 3. grey values: luminance of colour images, else modality and VOI LUTs
-        if int(ds.get("SamplesPerPixel", 1)) == 3 or arr.ndim == 3:
+        colour = int(ds.get("SamplesPerPixel", 1)) == 3 or arr.ndim == 3
+        if colour:
             img = _luminance(arr.astype(np.float32))
         else:
             img = _apply_luts(arr, ds, voi, exact_range, clip_only=defer_scaling)
@@ -153,8 +154,7 @@ def decode_dicom(path: str | Path | Any, voi: str | tuple[float, float] = "auto"
             "frames": frames,
         }
         if defer_scaling:
-            meta["invert"] = photometric == "MONOCHROME1" and img.ndim == 2 and not (
-                int(ds.get("SamplesPerPixel", 1)) == 3 or arr.ndim == 3)
+            meta["invert"] = photometric == "MONOCHROME1" and not colour
         return img.astype(np.float32, copy=False), meta
     except DicomLoadError as exc:
         raise DicomLoadError(redact(str(exc), ds)) from None

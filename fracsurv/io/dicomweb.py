@@ -152,12 +152,11 @@ def _call(fn: Any, timeout: float) -> Any:
         if code == 404:
             raise DicomLoadError("not found on the DICOMweb server (HTTP 404)") from None
         raise DicomLoadError(f"the DICOMweb server answered HTTP {code}") from None
-    except (requests.exceptions.Timeout, requests.exceptions.RetryError) as exc:
-        if isinstance(exc, requests.exceptions.RetryError):
-            raise DicomLoadError("the DICOMweb server kept failing (retries exhausted)") from None
-        raise DicomLoadError(f"the DICOMweb server did not answer within {timeout:g} s") from None
-    except requests.exceptions.ConnectionError as exc:
-        if "timed out" in str(exc).lower() or "timeout" in type(exc.__context__).__name__.lower():
+    except requests.exceptions.RetryError:
+        raise DicomLoadError("the DICOMweb server kept failing (retries exhausted)") from None
+    except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+        # urllib3 reports a read timeout after retries as a ConnectionError
+        if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
             raise DicomLoadError(f"the DICOMweb server did not answer within {timeout:g} s") \
                 from None
         raise DicomLoadError("the DICOMweb server is unreachable (connection failed)") from None
