@@ -1,4 +1,4 @@
-"""Command line: ``fracsurv demo`` and ``fracsurv score``."""
+"""Command line: ``fracsurv demo``, ``fracsurv train`` and ``fracsurv score``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="train the image models from scratch instead of loading the "
                         "pretrained ones shipped with fracsurv")
 
+    from fracsurv.pretrained.train import MODEL_NAMES, PRESETS
+
+    t = sub.add_parser(
+        "train", formatter_class=fmt,
+        help="train the pipeline's image models (built-in cohort or your data)",
+        description="Train " + " -> ".join(MODEL_NAMES) + " in this order (each on what the "
+                    "previous ones produce: the pVF scorer and the fusion model on detected "
+                    "vertebrae), evaluate each on held-out data and write it with a model card "
+                    "to --out/<name>. Checkpoints every epoch: after an interruption, the same "
+                    "command with --resume continues. Load a result with "
+                    "fracsurv.pretrained.load(name, models_dir=OUT). See docs/pretrained.md.")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="cohort sizes, resolutions and epochs (cpu: the shipped weights)")
+    t.add_argument("--out", type=Path, default=Path("fracsurv-models"), help="output folder")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out")
+    t.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=None, metavar="NAME",
+                   help="train only these (" + ", ".join(MODEL_NAMES) + "); models they need "
+                        "come from --upstream, --out or the shipped ones")
+    t.add_argument("--data", type=Path, default=None,
+                   help="your training table (CSV or Parquet, docs/data_contract.md) instead "
+                        "of the synthetic cohort")
+    t.add_argument("--upstream", type=Path, default=None,
+                   help="folder of trained models the --models need")
+    t.add_argument("--seed", type=int, default=0, help="random state of every model")
+
     s = sub.add_parser(
         "score", formatter_class=fmt, help="score new patients with a saved pipeline",
         description="Score every row of --clinical with a pipeline saved by save_pipeline. "
@@ -104,6 +130,14 @@ def _run(args: argparse.Namespace) -> int:
                           seed=args.seed, tiny=args.tiny, retrain=args.retrain,
                           quiet=args.quiet)
         print(f"report: {report}")
+        return 0
+    if args.command == "train":
+        from fracsurv.pretrained.train import train
+
+        written = train(args.out, preset=args.preset, resume=args.resume, models=args.models,
+                        data=args.data, upstream=args.upstream, random_state=args.seed,
+                        say=print)
+        print(f"trained {len(written)} model(s) -> {args.out}")
         return 0
     from fracsurv.batch import score_patients
 

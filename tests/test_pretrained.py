@@ -12,7 +12,7 @@ from fracsurv.metrics.images import ms_ssim
 from fracsurv.nn.data import antialiased_resize
 from fracsurv.vertebrae.evaluation import detection_summary
 
-NAMES = {"diffx", "vertebra-cropper"}
+NAMES = {"diffx", "vertebra-cropper", "pvf-scorer", "fusion-survival"}
 
 
 def _small(images, shape=(128, 64)):
@@ -71,3 +71,37 @@ def test_vertebra_cropper_finds_the_vertebrae_of_fresh_radiographs():
     assert det["sensitivity"] >= 0.9 and det["precision"] >= 0.9
     assert det["median_point_error_px"] <= 2.0
     assert isinstance(out, pd.DataFrame) and "crops" in out
+
+
+@pytest.fixture(scope="module")
+def detected():
+    """A fresh 512 x 256 cohort (seed used nowhere else) cut by the shipped cropper."""
+    from fracsurv.pretrained.train import DETECTED_CROPS
+
+    c = make_spine_cohort(120, image_shape=(512, 256), random_state=4003, dicom=False,
+                          n_followups=0)
+    frame = c.frame.assign(time=c.target["time"], event=c.target["event"])
+    return pretrained.load("vertebra-cropper").set_params(**DETECTED_CROPS).transform(frame)
+
+
+def test_pvf_scorer_scores_detected_crops_of_fresh_patients(detected):
+    from sklearn.metrics import roc_auc_score
+
+    scorer = pretrained.load("pvf-scorer")
+    p = Pipeline([("score", scorer)]).transform(detected)["pvf"]
+    assert p.between(0, 1).all()
+    assert roc_auc_score(detected["prevalent_vf"], p) >= 0.85
+    # Grad-CAM explains every crop's own logit: many crops of one stack get a map, where
+    # the stack's maximum alone would pass a gradient to one crop only
+    maps = scorer.grad_cam([detected["crops"].iloc[0]])
+    assert maps.shape == (13, 64, 64) and (maps.reshape(13, -1).max(axis=1) > 0).sum() >= 3
+
+
+def test_fusion_survival_ranks_fresh_patients(detected):
+    from fracsurv.metrics.core import concordance_index
+    from fracsurv.pretrained.train import survival_target
+
+    model = pretrained.load("fusion-survival")
+    risk = model.predict(detected)
+    assert np.isfinite(risk).all() and risk.std() > 0
+    assert concordance_index(survival_target(detected), risk) >= 0.65

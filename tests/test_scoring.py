@@ -86,8 +86,16 @@ def test_cells_with_several_images_use_the_rule(fitted, data):
 
 
 def test_grad_cam(fitted, data):
+    before = fitted.decision_function(data[1])
     maps = fitted.grad_cam(list(data[1]["image"][:2]))
     assert maps.shape == (2, 32, 16) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    # MONAI's hooks are gone afterwards: the scorer still pickles and scores as before
+    import copy
+    import pickle
+
+    assert not any(m._forward_hooks or m._backward_hooks for m in fitted.module_.modules())
+    pickle.dumps(copy.deepcopy(fitted))
+    np.testing.assert_allclose(fitted.decision_function(data[1]), before, rtol=1e-6)
 
 
 def test_calibration_and_persistence(data, tmp_path):
@@ -114,3 +122,56 @@ def test_pipeline_gridsearch_clone(data):
     assert 0.0 <= grid.best_score_ <= 1.0
     out = Pipeline([("pvf", est)]).fit(data[0]).transform(data[1])
     assert "pvf" in out
+
+
+def _stack_frame(n, rng, n_crops=6):
+    """Crop stacks in which a bright square marks a fractured vertebra, with per-crop labels."""
+    stacks, labels, crop_labels = [], [], []
+    for _ in range(n):
+        st = rng.normal(0.3, 0.05, (n_crops, 16, 16)).astype(np.float32)
+        lab = np.zeros(n_crops)
+        if rng.random() < 0.4:
+            k = rng.integers(n_crops)
+            st[k, 5:11, 5:11] += 0.6
+            lab[k] = 2.0  # a Genant grade; >= 1 is a fracture
+        lab[-1] = np.nan  # an unknown slot, ignored by the loss
+        stacks.append(st)
+        labels.append(int(lab[:-1].max() >= 1))
+        crop_labels.append(lab)
+    return pd.DataFrame({"crops": stacks, "prevalent_vf": labels, "crop_grades": crop_labels})
+
+
+def test_per_crop_loss_adds_the_labelled_crops_bce():
+    import torch
+
+    from fracsurv.scoring._nets import WeightedBCE
+
+    logits = torch.tensor([[0.5, 1.0, -1.0, 2.0], [-0.5, 0.0, 0.3, -2.0]])
+    y = torch.tensor([[1.0, 1.0, 0.0, float("nan")], [0.0, 0.0, float("nan"), 0.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    got = WeightedBCE(2.0, 3.0)(logits, y)
+    crop = bce(torch.tensor([1.0, -1.0, 0.0, -2.0]), torch.tensor([1.0, 0.0, 0.0, 0.0]),
+               pos_weight=torch.tensor([3.0]))
+    want = bce(logits[:, 0], y[:, 0], pos_weight=torch.tensor([2.0])) + crop
+    assert torch.allclose(got, want)
+    # evaluation logits (B, 1) use the stack's label only
+    assert torch.allclose(WeightedBCE(2.0, 3.0)(logits[:, :1], y),
+                          bce(logits[:, 0], y[:, 0], pos_weight=torch.tensor([2.0])))
+
+
+def test_per_crop_labels_train_a_shared_crop_scorer():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    train, test = _stack_frame(120, rng), _stack_frame(60, rng)
+    params = {**FAST, "image_column": "crops", "image_input": "crops", "crop_encoder": "shared",
+              "input_shape": (16, 16), "max_epochs": 15}
+    est = PVFScorer(**params, crop_label_column="crop_grades").fit(train)
+    assert est.net_.module_.per_crop
+    assert roc_auc_score(test["prevalent_vf"], est.predict_proba(test)[:, 1]) > 0.9
+    bad = train.copy()
+    bad.at[bad.index[3], "crop_grades"] = np.zeros(4)
+    with pytest.raises(ValueError, match=r"row 3.*4 labels for a stack of 6"):
+        PVFScorer(**params, crop_label_column="crop_grades").fit(bad)
+    with pytest.raises(ValueError, match="crop_encoder='shared'"):
+        PVFScorer(**{**params, "crop_encoder": "channels"}, crop_label_column="crop_grades").fit(train)

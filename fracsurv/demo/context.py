@@ -47,6 +47,7 @@ class DemoContext:
     retrain: bool = False
     quiet: bool = False  # progress lines off (fracsurv demo --quiet)
     model_sources: dict[str, str] = field(default_factory=dict)  # component -> where from
+    shipped_models: dict[str, Any] = field(default_factory=dict)  # comparison rows not fitted here
     cohort: Any = None
     truth: Any = None
     clinical_columns: list[str] = field(default_factory=list)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
+from fracsurv import pretrained
 from fracsurv.demo.context import DemoContext, clinical_columns, eval_times, model_frame
 from fracsurv.metrics import (
     concordance_index,
@@ -40,7 +41,15 @@ def _models(ctx: DemoContext) -> dict[str, tuple[Callable[[], Any], list[str]]]:
             lambda: CoxPHSurvivalAnalysis(alpha=1e-3), clinical + image_scores)
         models["DeepSurv (clinical + image scores)"] = (
             lambda: DeepSurvRegressor(**small), clinical + image_scores)
-    if "crops" in ctx.train.columns:
+    shipped = (pretrained.load("fusion-survival")
+               if "crops" in ctx.train.columns and _pretrained_images(ctx) else None)
+    if shipped is not None and set(shipped.clinical_columns) <= set(ctx.train.columns):
+        # trained by `fracsurv train` on 1,000 other patients' detected crops
+        ctx.shipped_models["FusionSurvival (13 crops + clinical)"] = shipped
+        ctx.model_sources["FusionSurvival"] = "fracsurv.pretrained.load('fusion-survival')"
+        models["FusionSurvival (13 crops + clinical)"] = (
+            lambda: shipped, ["crops", *shipped.clinical_columns])
+    elif "crops" in ctx.train.columns:
         fusion = {"image_input": "crops", "backbone": "resnet10-tiny", "fusion": "intermediate",
                   "clinical_columns": clinical, "max_epochs": 2 if ctx.tiny else 12,
                   "batch_size": 32, "lr": 2e-3, "augment": not ctx.tiny,
@@ -50,9 +59,15 @@ def _models(ctx: DemoContext) -> dict[str, tuple[Callable[[], Any], list[str]]]:
     return models
 
 
+def _pretrained_images(ctx: DemoContext) -> bool:
+    return ctx.model_sources.get("PVFScorer", "").startswith("fracsurv.pretrained")
+
+
 def stage_models(ctx: DemoContext) -> None:
     for name, (make, cols) in _models(ctx).items():
-        model = make().fit(model_frame(ctx.train, cols), ctx.y_train)
+        model = make()
+        if name not in ctx.shipped_models:  # a shipped model is used as it is
+            model.fit(model_frame(ctx.train, cols), ctx.y_train)
         ctx.models[name] = (model, cols)
         ctx.risks[name] = model.predict(model_frame(ctx.test, cols))
         ctx.say(f"    {name}: test C = {concordance_index(ctx.y_test, ctx.risks[name]):.3f}")

@@ -10,8 +10,9 @@ import pandas as pd
 
 from fracsurv.demo.context import DemoContext
 from fracsurv.demo.data import stage_cohort, stage_crops, stage_future, stage_images, stage_pvf
+from fracsurv.demo.explain import stage_explain
 from fracsurv.demo.models import stage_comparison, stage_models
-from fracsurv.demo.sections import stage_analysis, stage_examples, stage_explain
+from fracsurv.demo.sections import stage_analysis, stage_examples
 from fracsurv.report.html import Report
 
 __all__ = ["BANNER", "STAGES", "run_demo"]

@@ -1,4 +1,4 @@
-"""Stages 8-10 of ``fracsurv demo``: survival analysis, examples and explanations."""
+"""Stages 8-9 of ``fracsurv demo``: survival analysis and examples."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from fracsurv.demo.context import DemoContext, eval_times
 from fracsurv.demo.tables import stage_hazard_ratios
 from fracsurv.io import load_image
 from fracsurv.stratify import (
-    agreement_table,
     auc_ci,
-    bland_altman_figure,
     decision_table,
     km_figure,
     logrank_tables,
@@ -26,7 +24,7 @@ from fracsurv.stratify import (
 )
 from fracsurv.stratify.grouper import HIGH_RISK_GROUPS
 
-__all__ = ["stage_analysis", "stage_examples", "stage_explain"]
+__all__ = ["stage_analysis", "stage_examples"]
 
 
 def _km_section(ctx: DemoContext, groups: pd.Series) -> None:
@@ -50,7 +48,7 @@ def _km_section(ctx: DemoContext, groups: pd.Series) -> None:
 def _roc_section(ctx: DemoContext) -> None:
     test = ctx.test
     scores = {name: test[col].to_numpy(float) for name, col in
-              (("crop pVF scorer (pvf)", "pvf"), ("whole-image pVF scorer (BpVF)", "bpvf"))
+              (("crop pVF scorer (pvf)", "pvf"),)
               if col in test.columns}
     label = test["prevalent_vf"].to_numpy().astype(bool)
     if not scores or label.sum() < 2 or (~label).sum() < 2:
@@ -169,61 +167,3 @@ def stage_examples(ctx: DemoContext) -> None:
     rep.add_figure(fig, "Test patients: keypoints, levels and Genant grades found by "
                         "VertebraCropper (annotated keypoints in red when it is absent), "
                         "and the real follow-up image")
-
-
-def _futures_section(ctx: DemoContext) -> None:
-    """Generated 10-year images next to the baseline and the real follow-up, and the
-    Diff-X study's clinical fidelity check (generated vs real follow-up pVF)."""
-    import matplotlib.pyplot as plt
-
-    rep, gen, scorer = ctx.report, ctx.fitted["DiffXGenerator"], ctx.fitted["PVFScorer (image)"]
-    rep.section("Generated future radiographs (DiffXGenerator)", "futures")
-    rows = ctx.test.head(3)
-    fig, axes = plt.subplots(len(rows), 4, figsize=(7, 3.4 * len(rows)), squeeze=False)
-    for k, (_, row) in enumerate(rows.iterrows()):
-        futures = row["future_images"]
-        panels = [(row["image"], f"baseline, age {row['age']:.0f}"),
-                  (futures[0], f"generated +10 y, seed 0\nGpVF {row['gpvf']:.2f}"),
-                  (futures[1], "generated +10 y, seed 1"),
-                  (row.get("followup_image"), f"real follow-up, age {row['followup_age']:.0f}")]
-        for ax, (img, title) in zip(axes[k], panels, strict=True):
-            if img is not None and not (isinstance(img, float) and np.isnan(img)):
-                ax.imshow(load_image(img), cmap="gray")
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    rep.add_figure(fig, "Baseline, two generated 10-year futures and the real follow-up")
-    sub = ctx.test.dropna(subset=["followup_age"]).head(12 if ctx.tiny else 60)
-    gen_scores, real = [], scorer.image_scores(list(sub["followup_image"]))
-    for _, row in sub.iterrows():
-        horizon = max(float(row["followup_age"] - row["age"]), 0.0)
-        imgs = gen.generate(row["image"], row["age"], row["sex"], [horizon])
-        gen_scores.append(float(np.mean(scorer.image_scores(list(imgs[0])))))
-    gen_scores = np.asarray(gen_scores)
-    rep.add_table(agreement_table({"GpVF at follow-up age vs pVF of the real follow-up":
-                                   (gen_scores, real)}),
-                  caption=f"Clinical fidelity on {len(sub)} test patients (the Diff-X study: "
-                          "r = 0.655, mean difference -0.06 ± 0.20)", floatfmt="{:.3f}")
-    rep.add_figure(bland_altman_figure(gen_scores, real, ("generated", "real follow-up")),
-                   "Generated vs real follow-up pVF: scatter and Bland-Altman")
-
-
-def _grad_cam_section(ctx: DemoContext) -> None:
-    from fracsurv.scoring.gradcam import grad_cam_figure
-
-    scorer = ctx.fitted["PVFScorer (image)"]
-    rows = pd.concat([ctx.test[ctx.test["prevalent_vf"] == 1].head(2),
-                      ctx.test[ctx.test["prevalent_vf"] == 0].head(2)])
-    images = list(rows["image"])
-    maps = scorer.grad_cam(images)
-    titles = [f"vf={int(v)}, BpVF {p:.2f}" for v, p in zip(rows["prevalent_vf"], rows["bpvf"],
-                                                             strict=True)]
-    ctx.report.section("Grad-CAM of the pVF scorer", "gradcam")
-    ctx.report.add_figure(grad_cam_figure(images, maps, titles=titles),
-                          "Where the full-image pVF scorer looks (Grad-CAM, last conv block)")
-
-
-def stage_explain(ctx: DemoContext) -> None:
-    if "PVFScorer (image)" in ctx.fitted:
-        _grad_cam_section(ctx)
-    if "DiffXGenerator" in ctx.fitted:
-        _futures_section(ctx)

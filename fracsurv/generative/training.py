@@ -29,6 +29,7 @@ from fracsurv.generative.nets import DiffXModule, make_schedulers
 from fracsurv.generative.objectives import AELoss, AEObjective, DenoiseLoss, DenoiseObjective
 from fracsurv.generative.prompts import format_prompt, tokenize
 from fracsurv.nn.callbacks import EMACallback, EpochCheckpoint, read_checkpoint, save_checkpoint
+from fracsurv.nn.resume import note
 
 __all__ = ["DiffXTrainingMixin"]
 
@@ -86,10 +87,13 @@ class DiffXTrainingMixin:
         if done is not None and done.is_file():
             state = read_checkpoint(done)
             module.load_state_dict(state["module"])
+            note(f"DiffXGenerator {stage}: finished earlier")
             return list(state["losses"])
         part = self._stage_file(key, stage, "epoch")
         state = read_checkpoint(part) if part is not None else None
         finished = int(state["epoch"]) if state else 0
+        note(f"DiffXGenerator {stage}: " + (f"resumed at epoch {finished + 1} of {epochs}"
+                                            if state else "trained"))
         losses = list(state["losses"]) if state else []
         callbacks: list[Any] = []
         if ema and float(self.ema_decay) > 0:

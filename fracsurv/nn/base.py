@@ -72,6 +72,7 @@ from fracsurv._serial import (
     write_arrays,
 )
 from fracsurv.nn.callbacks import LossConvergence
+from fracsurv.nn.resume import fit_resumable
 
 __all__ = ["IMAGE_INFERENCE_SCALE", "PRECISIONS", "TABULAR_INFERENCE_SCALE", "TorchEstimatorMixin", "load_model", "resolve_device"]
 
@@ -294,7 +295,8 @@ class TorchEstimatorMixin:
     def _fit_net(self, net: _Net, X: Any, y: Any = None) -> _Net:
         """Seed, then fit ``net``; keeps ``net_`` and ``module_`` (the history is ``net_.history``)."""
         self._seed()
-        net.fit(X, y)
+        if not fit_resumable(self, net, X, y):  # per-epoch checkpoints inside resumable()
+            net.fit(X, y)
         self.net_ = net
         self.module_ = net.module_
         return net

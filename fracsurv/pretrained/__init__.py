@@ -32,30 +32,45 @@ __all__ = ["MODELS_DIR", "available", "card", "load", "model_path"]
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
-def _names() -> list[str]:
-    if not MODELS_DIR.is_dir():
+def _folder(models_dir: str | Path | None) -> Path:
+    return MODELS_DIR if models_dir is None else Path(models_dir)
+
+
+def _names(models_dir: str | Path | None = None) -> list[str]:
+    folder = _folder(models_dir)
+    if not folder.is_dir():
         return []
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "card.json").is_file())
+    return sorted(p.name for p in folder.iterdir() if (p / "card.json").is_file())
 
 
-def model_path(name: str) -> Path:
-    """Folder of the shipped model ``name``; a ``KeyError`` listing the names otherwise."""
-    names = _names()
+def model_path(name: str, models_dir: str | Path | None = None) -> Path:
+    """Folder of the model ``name``; a ``KeyError`` listing the names otherwise.
+
+    ``models_dir``: a folder written by ``fracsurv train --out`` instead of the
+    models shipped with the package.
+    """
+    names = _names(models_dir)
     if name not in names:
-        raise KeyError(f"no pretrained model named {name!r}; available: {', '.join(names)}")
-    return MODELS_DIR / name
+        where = "" if models_dir is None else f" in {models_dir}"
+        raise KeyError(f"no pretrained model named {name!r}{where}; available: "
+                       f"{', '.join(names) or 'none'}")
+    return _folder(models_dir) / name
 
 
-def card(name: str) -> dict[str, Any]:
+def card(name: str, models_dir: str | Path | None = None) -> dict[str, Any]:
     """The model card of ``name`` (``card.json``) as a dict."""
-    return json.loads((model_path(name) / "card.json").read_text())
+    return json.loads((model_path(name, models_dir) / "card.json").read_text())
 
 
-def available() -> pd.DataFrame:
-    """One row per shipped model: name, estimator, what it does, training and held-out facts."""
+def available(models_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per model: name, estimator, what it does, training and held-out facts.
+
+    ``models_dir``: a folder written by ``fracsurv train`` (default: the shipped models).
+    """
     rows = []
-    for name in _names():
-        c = card(name)
+    folder = _folder(models_dir)
+    for name in _names(models_dir):
+        c = card(name, models_dir)
         t = c.get("training", {})
         rows.append({
             "name": name, "estimator": c.get("estimator"), "task": c.get("task"),
@@ -64,7 +79,7 @@ def available() -> pd.DataFrame:
             "input_shape": tuple(c["input_shape"]) if c.get("input_shape") else None,
             "n_train": t.get("n_images", t.get("n_patients")), "train_seeds": t.get("seeds"),
             "heldout": c.get("heldout", {}).get("metrics"),
-            "size_mb": round(sum(f.stat().st_size for f in (MODELS_DIR / name).iterdir())
+            "size_mb": round(sum(f.stat().st_size for f in (folder / name).iterdir())
                              / 2**20, 2),
         })
     return pd.DataFrame(rows)
@@ -85,13 +100,16 @@ def _check_versions(name: str, c: dict[str, Any]) -> None:
                       UserWarning, stacklevel=3)
 
 
-def load(name: str, **params: Any) -> Any:
+def load(name: str, models_dir: str | Path | None = None, **params: Any) -> Any:
     """The fitted estimator of the shipped model ``name``, ready for ``transform``/``predict``.
 
     Parameters
     ----------
     name : str
         One of ``available()["name"]``.
+    models_dir : path, optional
+        A folder written by ``fracsurv train --out`` (your own or retrained
+        models); default: the models shipped with the package.
     **params
         Passed to the estimator's ``set_params`` after loading (for example
         ``device="cuda"``, ``cache_dir=...`` or sampling settings); they do not
@@ -105,8 +123,8 @@ def load(name: str, **params: Any) -> Any:
     """
     from fracsurv.nn.base import load_model
 
-    path = model_path(name)
-    c = card(name)
+    path = model_path(name, models_dir)
+    c = card(name, models_dir)
     _check_versions(name, c)
     est = load_model(path)
     if params:

@@ -38,8 +38,8 @@ def render_card(c: dict[str, Any]) -> str:
     lines = [f"# Model card: {c['name']} ({c['estimator']})", "", c.get("task", ""), "",
              "**Trained on simulated data only** (fracsurv's synthetic lateral-spine cohort, "
              f"generator v{c.get('generator_version')}). These weights model the simulated "
-             "cohort; for real radiographs train or fine-tune on your data "
-             "(`docs/pretrained.md`).", "",
+             "cohort; for real radiographs train the same model on your data with "
+             "`fracsurv train --data` (`docs/pretrained.md`).", "",
              f"Load: `fracsurv.pretrained.load({c['name']!r})`.", "", "## Training", ""]
     lines += block(c.get("training", {}))
     lines += ["", "## Held-out evaluation", ""]

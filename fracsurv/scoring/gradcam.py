@@ -42,6 +42,12 @@ def grad_cam_maps(module: nn.Module, images: torch.Tensor, target_layer: str,
         raise ValueError(f"no layer {target_layer!r} in the network; choose one of its "
                          f"named_modules(), e.g. {list(names)[-3:]}")
     was_training = module.training
+    layer = names[target_layer]
+    # MONAI registers its forward/backward hooks without keeping their handles; left
+    # in place they would run on every later forward and make the model unpicklable,
+    # so the ones it added are removed afterwards (torch keeps them in these dicts)
+    hooks = (layer._forward_hooks, layer._backward_hooks)
+    before = [set(h) for h in hooks]
     module.eval()
     try:
         cam = GradCAM(nn_module=module, target_layers=target_layer)
@@ -49,6 +55,9 @@ def grad_cam_maps(module: nn.Module, images: torch.Tensor, target_layer: str,
             maps = cam(x=images.float(), class_idx=class_idx)
     finally:
         module.train(was_training)
+        for h, keep in zip(hooks, before, strict=True):
+            for key in set(h) - keep:
+                del h[key]
     maps = maps.detach().float().cpu().numpy()
     return np.clip(maps.reshape(-1, *maps.shape[-2:]), 0.0, 1.0)
 

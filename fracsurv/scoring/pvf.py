@@ -35,6 +35,7 @@ from fracsurv.io.refs import iter_cell, load_image
 from fracsurv.nn.backbones import BACKBONES, default_cam_layer
 from fracsurv.nn.base import IMAGE_INFERENCE_SCALE, TorchEstimatorMixin, check_input_shape
 from fracsurv.nn.data import ImageDataset, to_chw
+from fracsurv.nn.pooling import crops_present
 from fracsurv.scoring._nets import PVFClassifier, WeightedBCE
 from fracsurv.scoring.aggregate import aggregate_cell_scores, cell_groups
 from fracsurv.scoring.calibration import fit_isotonic, fit_temperature, sigmoid
@@ -88,6 +89,13 @@ class PVFScorer(TorchEstimatorMixin, FrameTransformerMixin, ClassifierMixin, Tra
         For ``image_input="crops"``: the crops stacked as the channels of one CNN input
         (the multimodal study), or one encoder shared by all crops with a max over
         crops.
+    crop_label_column : str, optional
+        With ``crop_encoder="shared"``: a column of per-crop labels, one array as
+        long as each stack (Genant grade or 0/1 of the vertebra in each slot, NaN =
+        empty or unknown; e.g. :func:`fracsurv.vertebrae.evaluation.annotated_crop_grades`
+        of detected crops). Training then adds a per-vertebra BCE on ``label >= 1``
+        (balanced positive weight) to the stack's loss; prediction is unchanged
+        (the maximum over crops). ``None`` (default): the stack's label only.
     cam_layer : str, optional
         Default Grad-CAM layer (dotted module name); ``None`` = the backbone's last
         convolutional block.
@@ -129,6 +137,7 @@ patience, device, precision, random_state, verbose
         "calibration": [StrOptions({"temperature", "isotonic"}), None],
         "calibration_fraction": [Interval(Real, 0, 1, closed="neither")],
         "crop_encoder": [StrOptions({"channels", "shared"})],
+        "crop_label_column": [str, None],
         "cam_layer": [str, None],
     }
 
@@ -138,7 +147,7 @@ patience, device, precision, random_state, verbose
                  n_seeds: int | None = None, class_weight: str | None = "balanced",
                  augment: bool = True, calibration: str | None = None,
                  calibration_fraction: float = 0.2, crop_encoder: str = "channels",
-                 cam_layer: str | None = None, optimizer: str = "adam", lr: float = 1e-3,
+                 crop_label_column: str | None = None, cam_layer: str | None = None, optimizer: str = "adam", lr: float = 1e-3,
                  weight_decay: float = 1e-4, batch_size: int = 16, max_epochs: int = 30,
                  validation_fraction: float = 0.15, patience: int = 6, device: str = "auto",
                  precision: str = "auto", random_state: int | None = None,
@@ -155,6 +164,7 @@ patience, device, precision, random_state, verbose
         self.calibration = calibration
         self.calibration_fraction = calibration_fraction
         self.crop_encoder = crop_encoder
+        self.crop_label_column = crop_label_column
         self.cam_layer = cam_layer
         self._set_shared_params(locals())
         self.input = input
@@ -261,8 +271,16 @@ patience, device, precision, random_state, verbose
         self.n_channels_ = int(to_chw(load_image(items[0])).shape[0])
         n_pos = float(y_img.sum())
         pos_weight = (len(y_img) - n_pos) / max(n_pos, 1.0) if self.class_weight else 1.0
+        crop_pos_weight = 1.0
+        if self.crop_label_column is not None:
+            crop_y = self._crop_labels(X_train)[[p for p, _ in where]]
+            known = crop_y[~np.isnan(crop_y)]
+            crop_pos_weight = ((len(known) - known.sum()) / max(known.sum(), 1.0)
+                               if self.class_weight else 1.0)
+            y_img = np.column_stack([y_img, crop_y]).astype(np.float32)
         self._seed()
-        net = self._make_net(self._module(), WeightedBCE(pos_weight), n_train=len(items))
+        net = self._make_net(self._module(), WeightedBCE(pos_weight, crop_pos_weight),
+                             n_train=len(items))
         ds = self._dataset(X_train, items, where, y=y_img, transform=self._augmenter())
         self._fit_net(net, ds)
         self.temperature_ = 1.0
@@ -273,6 +291,23 @@ patience, device, precision, random_state, verbose
             logits = self._image_logits(X_cal, c_items, c_where)
             self._calibrate(logits, np.array([labels[cal_rows[p]] for p, _ in c_where]))
         return self
+
+    def _crop_labels(self, X: pd.DataFrame) -> np.ndarray:
+        """``(n_rows, n_crops)`` per-crop 0/1 labels (``grade >= 1``), NaN = unknown."""
+        col = self.crop_label_column
+        if self._image_input() != "crops" or self.crop_encoder != "shared":
+            raise ValueError("crop_label_column needs image_input='crops' and "
+                             "crop_encoder='shared'")
+        if col not in X.columns:
+            raise ValueError(f"X has no per-crop label column {col!r}")
+        out = np.full((len(X), self.n_channels_), np.nan)
+        for pos, cell in enumerate(X[col]):
+            v = np.asarray(cell, float).ravel() if cell is not None else np.zeros(0)
+            if v.size != self.n_channels_:
+                raise ValueError(f"{row_label(X, pos)}: {col!r} holds {v.size} labels for "
+                                 f"a stack of {self.n_channels_} crops")
+            out[pos] = np.where(np.isnan(v), np.nan, (v >= 1).astype(float))
+        return out
 
     def _calibrate(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """Fit the temperature or the isotonic map (:mod:`fracsurv.scoring.calibration`)."""
@@ -378,8 +413,11 @@ patience, device, precision, random_state, verbose
         Returns
         -------
         ndarray of shape (n, H, W)
-            One map in ``[0, 1]`` per image, at ``input_shape`` (for crop stacks
-            with ``crop_encoder="shared"``: one map per crop, ``n * N``).
+            One map in ``[0, 1]`` per image, at ``input_shape``. For crop stacks
+            with ``crop_encoder="shared"``: one map per crop (``n * N``), each
+            explaining that crop's own logit -- the crop scored alone, since the
+            stack's maximum passes gradients to its winning crop only; empty
+            crops get zero maps.
         """
         check_is_fitted(self, "module_")
         items = iter_cell(images)
@@ -388,7 +426,18 @@ patience, device, precision, random_state, verbose
         ds = self._dataset(pd.DataFrame({"image": [0] * len(items)}), items,
                            [(i, 0) for i in range(len(items))])
         layer = layer or self.default_cam_layer()
-        maps = [grad_cam_maps(module, ds.load(i)[None].to(device), layer) for i in range(len(ds))]
+        maps = []
+        for i in range(len(ds)):
+            x = ds.load(i)[None].to(device)
+            if not getattr(module, "shared_crops", False):
+                maps.append(grad_cam_maps(module, x, layer))
+                continue
+            n = x.shape[1]
+            alone = torch.diag_embed(torch.ones(n, device=device))[:, :, None, None] * x
+            present = crops_present(x)[0]
+            cams = grad_cam_maps(module, alone, layer).reshape(n, n, *x.shape[-2:])
+            maps.append(np.stack([cams[k, k] if present[k] else np.zeros(x.shape[-2:])
+                                  for k in range(n)]))
         return np.concatenate(maps) if maps else np.empty((0, *self.input_shape))
 
     # -- persistence -----------------------------------------------------
@@ -412,4 +461,5 @@ patience, device, precision, random_state, verbose
     def _module(self) -> PVFClassifier:
         shared = self._image_input() == "crops" and self.crop_encoder == "shared"
         return PVFClassifier(self.backbone, self.n_channels_,
-                           tuple(int(s) for s in self.input_shape), shared)
+                             tuple(int(s) for s in self.input_shape), shared,
+                             per_crop=self.crop_label_column is not None)

@@ -356,6 +356,20 @@ patience, device, precision, random_state, verbose
                            max_box_height=self.max_box_height, gap_factor=self.gap_factor,
                            margin=self.margin, resize=self.crop_resize)
 
+    def crops_at(self, image: np.ndarray, vertebrae: list[dict[str, Any]]) -> np.ndarray:
+        """The crop stack of ``vertebrae`` cut from ``image``, as :meth:`transform` cuts it.
+
+        For another image of the same patient in the same frame -- a generated
+        future radiograph resized to the baseline's shape -- with the vertebrae
+        found on the baseline, so both stacks show the same vertebrae in the same
+        slots.
+        """
+        return self.stacker().stack_one(np.asarray(image, np.float32), list(vertebrae))
+
+    def stacker(self) -> CropStacker:
+        """The fitted :class:`CropStacker` that cuts this cropper's stacks (slot geometry)."""
+        return self._stacker().fit(pd.DataFrame({"image": [], "keypoints": []}))
+
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Add the vertebra list, patient summaries, the flag and the crop stack.
 
@@ -370,7 +384,7 @@ patience, device, precision, random_state, verbose
         check_is_fitted(self, "module_")
         self._require_columns(X, [self.image_column], type(self).__name__)
         cache = ImageCache(self.cache_dir) if self.cache_dir else None
-        stacker = self._stacker().fit(pd.DataFrame({"image": [], "keypoints": []}))
+        stacker = self.stacker()
         verts: list[list[dict[str, Any]]] = []
         stacks: list[Any] = []
         errors: list[str | None] = []

@@ -43,7 +43,7 @@ CROP_CONSTRAINTS: dict[str, list[Any]] = {
     "cache_dir": [str, os.PathLike, None],
 }
 
-__all__ = ["CROP_CONSTRAINTS", "CropStacker", "box_from_points", "crop_stack", "select_boxes", "select_slots",
+__all__ = ["CROP_CONSTRAINTS", "CropStacker", "box_from_points", "crop_placement", "crop_stack", "select_boxes", "select_slots",
            "vertebra_grades"]
 
 STUDY_CROP = (272, 230)
@@ -125,24 +125,41 @@ def crop_stack(image: np.ndarray, slots: list[np.ndarray | None],
 
     h, w = crop_size
     out = np.zeros((len(slots), h, w), np.float32)
-    H, W = image.shape
     for k, box in enumerate(slots):
-        if box is None:
+        place = crop_placement(box, image.shape, crop_size, resize)
+        if place is None:
             continue
-        x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
-        x1, y1 = min(int(np.ceil(box[2])), W), min(int(np.ceil(box[3])), H)
-        if x1 <= x0 or y1 <= y0:
-            continue
+        (x0, y0, x1, y1), (top, left, ch, cw), _ = place
         crop = image[y0:y1, x0:x1]
-        ch, cw = crop.shape
-        scale = min(h / ch, w / cw) if resize == "fill" else min(1.0, h / ch, w / cw)
-        if scale != 1.0:
-            crop = sk_resize(crop, (max(1, int(ch * scale)), max(1, int(cw * scale))),
-                          anti_aliasing=True, preserve_range=True)
-            ch, cw = crop.shape
-        top, left = (h - ch) // 2, (w - cw) // 2
+        if crop.shape != (ch, cw):
+            crop = sk_resize(crop, (ch, cw), anti_aliasing=True, preserve_range=True)
         out[k, top:top + ch, left:left + cw] = crop
     return out
+
+
+def crop_placement(box: np.ndarray | None, image_shape: tuple[int, ...],
+                   crop_size: tuple[int, int], resize: str = "shrink"
+                   ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int], float] | None:
+    """Where :func:`crop_stack` takes a box from the image and puts it in the crop.
+
+    Returns ``((x0, y0, x1, y1), (top, left, height, width), scale)``: the image
+    pixels cut, the crop region they fill, and the resize factor (a point
+    ``(x, y)`` of the image lands at ``(left + (x - x0) * scale, top + (y - y0) *
+    scale)``), or None for an empty slot or a box outside the image.
+    """
+    if box is None:
+        return None
+    h, w = crop_size
+    H, W = image_shape[:2]
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])), W), min(int(np.ceil(box[3])), H)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    ch, cw = y1 - y0, x1 - x0
+    scale = min(h / ch, w / cw) if resize == "fill" else min(1.0, h / ch, w / cw)
+    if scale != 1.0:
+        ch, cw = max(1, int(ch * scale)), max(1, int(cw * scale))
+    return (x0, y0, x1, y1), ((h - ch) // 2, (w - cw) // 2, ch, cw), float(scale)
 
 
 class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
@@ -238,6 +255,16 @@ class CropStacker(FrameTransformerMixin, TransformerMixin, BaseEstimator):
         boxes, slots, size = self._slots(image.shape, vertebrae)
         return crop_stack(image, [None if i is None else boxes[i] for i in slots], size,
                           self.resize)
+
+    def slot_placements(self, shape: tuple[int, int], vertebrae: list[dict[str, Any]]
+                        ) -> list[tuple[int, Any] | None]:
+        """Per slot of :meth:`stack_one`: ``(index in vertebrae, crop_placement)`` or None."""
+        boxes, slots, size = self._slots(shape, vertebrae)
+        out: list[tuple[int, Any] | None] = []
+        for i in slots:
+            place = None if i is None else crop_placement(boxes[i], shape, size, self.resize)
+            out.append(None if place is None else (int(i), place))
+        return out
 
     def slot_grades(self, shape: tuple[int, int], vertebrae: list[dict[str, Any]]) -> np.ndarray:
         """Genant grade of the vertebra in each slot of :meth:`stack_one` (NaN = empty)."""

@@ -1,6 +1,7 @@
 """Detection accuracy of predicted vertebrae against annotated ones.
 
-Used by the benchmark (``benchmarks/vertebra_cropper.py``) and the demo report.
+Used by the benchmark (``benchmarks/vertebra_cropper.py``), the demo report and
+``fracsurv train`` (per-crop supervision of the pVF scorer on detected crops).
 A prediction matches a true vertebra one-to-one (Hungarian assignment on the
 distance between centres, :func:`scipy.optimize.linear_sum_assignment`) when
 its centre lies within half the true vertebra's mean height.
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["detection_summary", "match_vertebrae"]
+__all__ = ["annotated_crop_grades", "detection_summary", "match_vertebrae"]
 
 
 def match_vertebrae(pred: Sequence[dict[str, Any]], truth: Sequence[dict[str, Any]]
@@ -66,3 +67,43 @@ def detection_summary(pred: Iterable[Sequence[dict[str, Any]]],
     return {"sensitivity": tp / max(n_true, 1), "precision": tp / max(n_pred, 1),
             "median_point_error_px": float(np.median(errs)) if errs else float("nan"),
             "n_true": n_true, "n_pred": n_pred}
+
+
+def annotated_crop_grades(cropper: Any, frame: Any, keypoints_column: str = "keypoints",
+                          vertebrae_column: str = "vertebrae") -> list[np.ndarray]:
+    """Per row, the annotated Genant grade of the vertebra in each slot of the detected stack.
+
+    The slots are those the cropper cut from its own detections (``vertebrae_column``
+    of its ``transform``); each detection takes the grade of the annotated vertebra
+    it matches (:func:`match_vertebrae`; Genant's rule on the annotated keypoints
+    when they carry no ``"grade"``). NaN marks an empty slot or a detection that
+    matches no annotated vertebra. The supervision for
+    ``PVFScorer(crop_label_column=...)`` and ``FusionSurvival(aux_column=...)`` on
+    the deployable path: crops from detections, labels from annotations.
+
+    Parameters
+    ----------
+    cropper : VertebraCropper
+        Fitted; its :meth:`~fracsurv.vertebrae.VertebraCropper.stacker` gives the slots.
+    frame : DataFrame
+        The cropper's output with the annotations (``keypoints_column``) kept.
+
+    Returns
+    -------
+    list of ndarray of shape (n_crops,)
+    """
+    from fracsurv.io import load_image
+    from fracsurv.vertebrae.crops import vertebra_grades
+
+    stacker = cropper.stacker()
+    out = []
+    for image, detected, annotated in zip(frame[cropper.image_column], frame[vertebrae_column],
+                                          frame[keypoints_column], strict=True):
+        annotated = annotated if isinstance(annotated, list) else []
+        truth = vertebra_grades(annotated)
+        grade = {i: float(truth[j]) for i, j in match_vertebrae(detected, annotated)}
+        shape = np.shape(image) if not isinstance(image, str) else load_image(image).shape
+        out.append(np.array([np.nan if slot is None else grade.get(slot[0], np.nan)
+                             for slot in stacker.slot_placements(shape[-2:], detected)],
+                            np.float32))
+    return out
