@@ -69,10 +69,9 @@ def _grad_cam_section(ctx: DemoContext) -> None:
         if idx in test.index[:n]:
             shares += cam_body_share(stacker, shape, row["vertebrae"], maps)
         if idx in fractured or idx in normal:
-            filled = [k for k, s in enumerate(stacker.slot_placements(shape, row["vertebrae"]))
-                      if s is not None]
-            grades = [row["vertebrae"][stacker.slot_placements(shape, row["vertebrae"])[k][0]]
-                      .get("grade", 0) for k in filled]
+            slots = stacker.slot_placements(shape, row["vertebrae"])
+            filled = [k for k, s in enumerate(slots) if s is not None]
+            grades = [row["vertebrae"][slots[k][0]].get("grade", 0) for k in filled]
             k = filled[int(np.argmax(grades))] if filled else 0
             panels.append(np.asarray(stack)[k])
             maps_shown.append(maps[k])

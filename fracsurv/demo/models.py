@@ -44,7 +44,7 @@ def _models(ctx: DemoContext) -> dict[str, tuple[Callable[[], Any], list[str]]]:
     shipped = (pretrained.load("fusion-survival")
                if "crops" in ctx.train.columns and _pretrained_images(ctx) else None)
     if shipped is not None and set(shipped.clinical_columns) <= set(ctx.train.columns):
-        # trained by `fracsurv train` on 1,000 other patients' detected crops
+        # trained by `fracsurv train` on 1,500 other patients' detected crops
         ctx.shipped_models["FusionSurvival (13 crops + clinical)"] = shipped
         ctx.model_sources["FusionSurvival"] = "fracsurv.pretrained.load('fusion-survival')"
         models["FusionSurvival (13 crops + clinical)"] = (

@@ -210,24 +210,34 @@ def _cropper(run: _Run, name: str, models: dict[str, Any]) -> tuple[Any, dict[st
     return est, metrics
 
 
+def _detected(run: _Run, name: str, models: dict[str, Any]
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and held-out rows cut by the trained cropper (``DETECTED_CROPS``).
+
+    Crops come from the detections, labels from the annotations: training rows get
+    ``crop_grades`` (the annotated grade of each detected slot) when the table has
+    ``keypoints``.
+    """
+    from fracsurv.vertebrae.evaluation import annotated_crop_grades
+
+    cropper = models["vertebra-cropper"].set_params(**DETECTED_CROPS)
+    train = cropper.transform(run.cohort(name, "train"))
+    if "keypoints" in train.columns:
+        train["crop_grades"] = annotated_crop_grades(cropper, train)
+    return train, cropper.transform(run.cohort(name, "heldout"))
+
+
 def _pvf(run: _Run, name: str, models: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from sklearn.metrics import roc_auc_score
 
     from fracsurv.scoring import PVFScorer
-    from fracsurv.vertebrae.evaluation import annotated_crop_grades
 
-    cropper = models["vertebra-cropper"].set_params(**DETECTED_CROPS)
     est = PVFScorer(**run.spec(name)["params"], random_state=run.random_state,
                     verbose=run.verbose)
-    train = cropper.transform(run.cohort(name, "train"))
-    # crops from the detections, labels from the annotations (per vertebra); a user's
-    # table without keypoint annotations trains on the per-patient label alone
-    if "keypoints" in train.columns:
-        train["crop_grades"] = annotated_crop_grades(cropper, train)
-    else:
+    train, test = _detected(run, name, models)
+    if "crop_grades" not in train.columns:  # no annotations: the per-patient label alone
         est.set_params(crop_label_column=None)
     est.fit(train)
-    test = cropper.transform(run.cohort(name, "heldout"))
     p = est.predict_proba(test)[:, 1]
     return est, {"auroc_on_detected_crops": _auroc(roc_auc_score, test["prevalent_vf"], p),
                  "brier": float(np.mean((p - test["prevalent_vf"].to_numpy()) ** 2)),
@@ -261,16 +271,11 @@ def _fusion(run: _Run, name: str, models: dict[str, Any]) -> tuple[Any, dict[str
     from fracsurv.contract import CLINICAL_COLUMNS
     from fracsurv.metrics.core import concordance_index
     from fracsurv.survival import FusionSurvival
-    from fracsurv.vertebrae.evaluation import annotated_crop_grades
 
-    cropper = models["vertebra-cropper"].set_params(**DETECTED_CROPS)
-    train = cropper.transform(run.cohort(name, "train"))
-    test = cropper.transform(run.cohort(name, "heldout"))
+    train, test = _detected(run, name, models)
     est = FusionSurvival(**run.spec(name)["params"], clinical_columns=list(CLINICAL_COLUMNS),
                          random_state=run.random_state, verbose=run.verbose)
-    if "keypoints" in train.columns:  # per-vertebra Genant supervision of the image branch
-        train["crop_grades"] = annotated_crop_grades(cropper, train)
-    else:
+    if "crop_grades" not in train.columns:  # no annotations: a per-patient auxiliary label
         est.set_params(aux_column="prevalent_vf")
     est.fit(train, survival_target(train))
     y = survival_target(test)

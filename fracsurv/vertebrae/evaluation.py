@@ -102,8 +102,8 @@ def annotated_crop_grades(cropper: Any, frame: Any, keypoints_column: str = "key
         annotated = annotated if isinstance(annotated, list) else []
         truth = vertebra_grades(annotated)
         grade = {i: float(truth[j]) for i, j in match_vertebrae(detected, annotated)}
+        # the detections carrying their matched annotated grade: the stacker's own slot rule
+        labelled = [{**v, "grade": grade.get(i, np.nan)} for i, v in enumerate(detected)]
         shape = np.shape(image) if not isinstance(image, str) else load_image(image).shape
-        out.append(np.array([np.nan if slot is None else grade.get(slot[0], np.nan)
-                             for slot in stacker.slot_placements(shape[-2:], detected)],
-                            np.float32))
+        out.append(stacker.slot_grades(shape[-2:], labelled))
     return out
