@@ -11,6 +11,12 @@ metrics on the hold-out from a model refitted on the 90 %. The oracle C-index
   image-only, intermediate, late and alpha fusion (clinical weight searched on a grid);
 * ViT-DS on the crops: intermediate and alpha fusion.
 
+Crops come from the deployable path: the shipped ``vertebra-cropper``'s
+detections (``fracsurv.pretrained.load``), with each detected slot's annotated
+Genant grade as the auxiliary label (``annotated_crop_grades``). A variant ending
+in ``_truthcrops`` cuts the same crops from the true keypoints instead: a labelled
+reference (what a perfect detector would give), never a headline row.
+
 ``--preset cpu`` (default) is the reduced configuration sized for 2 CPU cores
 (a narrow ResNet-10 and a small ViT, small images, few epochs); ``--preset full``
 is the study-like configuration (ResNet-50, larger images) for a GPU.
@@ -74,15 +80,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                                      "clinical_hidden_units": (), "head_rows": "all"},
                    "alpha_kwargs": {"pretrain": "both"},
                    "variants": ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only",
-                                "cds_image_only_crops",
-                                "cds_late_crops", "cds_alpha_crops", "cds_intermediate_crops")},
+                                "cds_late_crops", "cds_late_truthcrops", "cds_intermediate_crops",
+                                "cds_image_only_crops", "cds_alpha_crops")},
 }
 # these use the simulation's truth: ceilings, not models
-REFERENCE = ("coxph_true_vf", "coxph_true_vf_only")
+REFERENCE = ("coxph_true_vf", "coxph_true_vf_only", "cds_image_only_truthcrops",
+             "cds_intermediate_truthcrops", "cds_late_truthcrops", "cds_alpha_truthcrops")
 
 VARIANTS = ("coxph", "deepsurv", "coxph_true_vf", "coxph_true_vf_only", "cds_image_only_full",
             "cds_intermediate_full", "cds_late_full", "cds_alpha_full", "cds_image_only_crops", "cds_intermediate_crops",
-            "cds_late_crops", "cds_alpha_crops", "vitds_intermediate_crops", "vitds_alpha_crops")
+            "cds_late_crops", "cds_alpha_crops", "vitds_intermediate_crops", "vitds_alpha_crops",
+            "cds_image_only_truthcrops", "cds_intermediate_truthcrops", "cds_late_truthcrops",
+            "cds_alpha_truthcrops")
 
 
 def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, seed: int):
@@ -118,12 +127,14 @@ def _make(variant: str, cfg: dict[str, Any], clinical: list[str], device: str, s
     if image_input == "full":
         common["input_shape"] = tuple(cfg.get("image_input_shape", cfg["image_shape"]))
         column = "image"
-    else:
-        column = "crops"
+    else:  # detected crops, or the truth-framed reference (columns prefixed "truth_")
+        prefix = "truth_" if image_input == "truthcrops" else ""
+        column = common["image_column"] = f"{prefix}crops"
         common["crop_encoder"] = cfg.get("crop_encoder", "channels")
     if cfg.get("aux_column"):
-        common["aux_column"] = cfg["aux_column"]
-        extra = [cfg["aux_column"]]
+        aux = f"truth_{cfg['aux_column']}" if image_input == "truthcrops" else cfg["aux_column"]
+        common["aux_column"] = aux
+        extra = [aux]
     return FusionSurvival(**common), [column, *clinical, *extra]
 
 
@@ -151,6 +162,35 @@ def _summary(folds: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _crops(frame, cfg: dict[str, Any]):
+    """The frame with detected crops (``crops``) and truth-framed ones (``truth_crops``).
+
+    Detected: the shipped cropper, its slots labelled by ``annotated_crop_grades``
+    (``crop_grades``) or the patient's label; truth-framed: ``CropStacker`` on the
+    annotated keypoints (``truth_crop_grades`` / ``truth_prevalent_vf``).
+    """
+    from fracsurv import pretrained
+    from fracsurv.vertebrae.crops import CropStacker
+    from fracsurv.vertebrae.evaluation import annotated_crop_grades
+
+    crop = {"crop_size": cfg["crop_size"], "n_crops": int(cfg.get("n_crops", 13))}
+    aux = cfg.get("aux_column")
+    truth = CropStacker(**crop, resize=cfg.get("crop_resize", "shrink"),
+                        output_column="truth_crops",
+                        grades_column="truth_crop_grades" if aux == "crop_grades" else None,
+                        ).fit_transform(frame)
+    cropper = pretrained.load("vertebra-cropper", crop_resize=cfg.get("crop_resize", "shrink"),
+                              **crop)
+    X = cropper.transform(frame)
+    X["truth_crops"] = truth["truth_crops"].to_numpy()
+    if aux == "crop_grades":
+        X["crop_grades"] = annotated_crop_grades(cropper, X)
+        X["truth_crop_grades"] = truth["truth_crop_grades"].to_numpy()
+    elif aux:
+        X[f"truth_{aux}"] = X[aux]
+    return X, {"model": "vertebra-cropper", **pretrained.card("vertebra-cropper").get("training", {})}
+
+
 def main() -> None:
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -158,8 +198,6 @@ def main() -> None:
     from fracsurv.datasets import make_spine_cohort
     from fracsurv.metrics import concordance_index
     from fracsurv.nn.base import resolve_device
-    from fracsurv.vertebrae.crops import CropStacker
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--variants", default=None, help="default: the preset's, else all")
@@ -186,10 +224,7 @@ def main() -> None:
     cohort = make_spine_cohort(cfg["n_patients"], image_shape=tuple(cfg["image_shape"]),
                                n_followups=0, random_state=args.seed + 11, dicom=False,
                                n_jobs=2)
-    grades = "crop_grades" if cfg.get("aux_column") == "crop_grades" else None
-    X = CropStacker(crop_size=cfg["crop_size"], n_crops=int(cfg.get("n_crops", 13)),
-                    resize=cfg.get("crop_resize", "shrink"),
-                    grades_column=grades).fit_transform(cohort.frame)
+    X, cropper_card = _crops(cohort.frame, cfg)
     truth = cohort.truth.patients  # capped as in the cohort's hazard (docs/synthetic_cohort.md)
     X["true_n_vf"] = np.minimum(truth["n_prevalent_vf"].to_numpy(float), 3)
     X["true_sdi"] = np.minimum(truth["sdi"].to_numpy(float), 6)
@@ -229,8 +264,8 @@ def main() -> None:
               flush=True)
 
     oracle_c = table["oracle"]["c_index_mean"]
-    multimodal = {k: v for k, v in table.items() if "intermediate" in k or "late" in k
-                  or "alpha" in k}
+    multimodal = {k: v for k, v in table.items() if k not in REFERENCE
+                  and ("intermediate" in k or "late" in k or "alpha" in k)}
     clinical_only = {k: v for k, v in table.items() if k in ("coxph", "deepsurv")}
     targets: dict[str, Any] = {}
     if multimodal and clinical_only:
@@ -260,7 +295,9 @@ def main() -> None:
     timings = {"cohort": t_data, "total": time.perf_counter() - t0}
     write_json(name, {
         "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-                     "reference_rows": list(REFERENCE),
+                     "reference_rows": list(REFERENCE), "crops": "detected by the shipped "
+                     "vertebra-cropper (rows *_crops); true keypoints (rows *_truthcrops)",
+                     "cropper": cropper_card,
                      "preset": args.preset, "device": device, "seed": args.seed,
                      "cohort_random_state": args.seed + 11, "holdout_fraction": 0.1,
                      "cv_folds": 3, "n_holdout": len(hold), "n_rest": len(rest),

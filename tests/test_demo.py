@@ -139,3 +139,27 @@ def test_the_demo_uses_the_shipped_image_models(tmp_path):
     assert list(fusion.clinical_columns) == list(CLINICAL_COLUMNS) and "crops" in cols
     assert all((weights[k] == v).all() for k, v in
                ctx.fitted["PVFScorer"].module_.state_dict().items())
+
+
+def test_cam_body_share_is_the_area_share_for_a_map_blind_to_anatomy():
+    import numpy as np
+
+    from fracsurv.datasets import make_spine_cohort
+    from fracsurv.demo.explain import cam_body_share
+    from fracsurv.vertebrae.crops import CropStacker
+
+    c = make_spine_cohort(2, image_shape=(256, 128), n_followups=0, random_state=0, dicom=False)
+    stacker = CropStacker(crop_size=(32, 32), resize="fill").fit(c.frame)
+    image, verts = c.frame["image"][0], c.frame["keypoints"][0]
+    n = sum(s is not None for s in stacker.slot_placements(image.shape, verts))
+    flat = cam_body_share(stacker, image.shape, verts, np.ones((stacker.n_crops, 32, 32)))
+    assert len(flat) == n > 5
+    mass, area, grade = np.asarray(flat).T
+    np.testing.assert_allclose(mass, area)  # a constant map: mass share = area share
+    assert ((0.1 < area) & (area < 0.9)).all() and set(grade) <= {0, 1, 2, 3}
+    yy, xx = np.mgrid[:32, :32]
+    centre = np.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 40.0)
+    corners = 1.0 - centre
+    on = np.asarray(cam_body_share(stacker, image.shape, verts, np.stack([centre] * 13)))
+    off = np.asarray(cam_body_share(stacker, image.shape, verts, np.stack([corners] * 13)))
+    assert (on[:, 0] > on[:, 1]).all() and (off[:, 0] < off[:, 1]).all()

@@ -175,3 +175,36 @@ def test_per_crop_labels_train_a_shared_crop_scorer():
         PVFScorer(**params, crop_label_column="crop_grades").fit(bad)
     with pytest.raises(ValueError, match="crop_encoder='shared'"):
         PVFScorer(**{**params, "crop_encoder": "channels"}, crop_label_column="crop_grades").fit(train)
+
+
+def test_default_cam_layer_is_the_deepest_block_at_least_8_pixels_a_side(fitted):
+    import torch
+
+    from fracsurv.nn.backbones import MIN_CAM_SIDE, cam_layer_candidates, default_cam_layer
+
+    net = fitted.module_.backbone
+    sizes = {}
+    hooks = [dict(net.named_modules())[c].register_forward_hook(
+        lambda _m, _i, out, c=c: sizes.__setitem__(c, min(out.shape[-2:])))
+        for c in cam_layer_candidates("resnet10-tiny")]
+    bn = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 1, *fitted.input_shape))
+    for h in hooks:
+        h.remove()
+    chosen = fitted.default_cam_layer().removeprefix("backbone.")
+    order = list(cam_layer_candidates("resnet10-tiny"))
+    assert sizes[chosen] >= MIN_CAM_SIDE
+    assert all(sizes[c] < MIN_CAM_SIDE for c in order[:order.index(chosen)])
+    assert chosen != "layer4"  # at 32 x 16 the last block is too coarse
+    # the probe forward left BatchNorm's statistics and the training flag alone
+    net.train()
+    default_cam_layer("resnet10-tiny", net, fitted.input_shape)
+    assert net.training
+    for k, v in net.state_dict().items():
+        if k in bn:
+            assert torch.equal(v, bn[k])
+    net.eval()
+    assert default_cam_layer("resnet10-tiny") == "layer4"  # nothing to measure: the last block
+    assert default_cam_layer("resnet10-tiny", net, (512, 256)) == "layer4"
+    assert PVFScorer(cam_layer="backbone.layer2").default_cam_layer() == "backbone.layer2"

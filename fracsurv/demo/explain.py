@@ -20,15 +20,17 @@ _OUTLINE = [0, 1, 2, 5, 4, 3]
 
 
 def cam_body_share(stacker: Any, image_shape: tuple[int, int], vertebrae: list[dict[str, Any]],
-                   maps: np.ndarray) -> list[tuple[float, float]]:
-    """Per filled crop: (share of the Grad-CAM mass inside the vertebral body, body's area share).
+                   maps: np.ndarray) -> list[tuple[float, float, float]]:
+    """Per filled crop: (share of the Grad-CAM mass inside the vertebral body, body's
+    area share, the vertebra's Genant grade).
 
     ``maps`` are one patient's per-crop Grad-CAM maps (``PVFScorer.grad_cam`` of its
     stack, at the scorer's input size). Each map is stretched over the crop, the
     body outline (the six keypoints of the vertebra in that slot) is moved into
     the crop's pixels (:meth:`CropStacker.slot_placements`), and both shares are
     taken over the crop region that holds image pixels. A map that ignores the
-    body puts its area share inside it; one that looks at the body puts more.
+    body puts its area share inside it; one that looks at the body puts more. The
+    grade is the vertebra's ``"grade"`` (the cropper's, for detections; 0 if none).
     """
     from skimage.draw import polygon2mask
     from skimage.transform import resize
@@ -44,7 +46,8 @@ def cam_body_share(stacker: Any, image_shape: tuple[int, int], vertebrae: list[d
         rows, cols = (pts[:, 1] - y0) * scale, (pts[:, 0] - x0) * scale
         body = polygon2mask((ch, cw), np.stack([rows, cols], axis=1))
         if cam.sum() > 0 and body.any():
-            out.append((float(cam[body].sum() / cam.sum()), float(body.mean())))
+            out.append((float(cam[body].sum() / cam.sum()), float(body.mean()),
+                        float(vertebrae[index].get("grade", 0) or 0)))
     return out
 
 
@@ -57,7 +60,7 @@ def _grad_cam_section(ctx: DemoContext) -> None:
     stacker = cropper.stacker()
     test = ctx.test
     n = min(len(test), 12 if ctx.tiny else 60)
-    shares: list[tuple[float, float]] = []
+    shares: list[tuple[float, float, float]] = []
     panels, maps_shown, titles = [], [], []
     fractured = set(test.index[test["prevalent_vf"] == 1][:2])
     normal = set(test.index[test["prevalent_vf"] == 0][:2])
@@ -78,20 +81,28 @@ def _grad_cam_section(ctx: DemoContext) -> None:
             titles.append(f"vf={int(row['prevalent_vf'])}, pVF {row['pvf']:.2f}, "
                           f"grade {max(grades) if grades else 0}")
     ctx.report.section("Grad-CAM of the pVF scorer", "gradcam")
+    layer = scorer.default_cam_layer()
     if shares:
-        cam, area = np.asarray(shares).T
+        cam, area, grade = np.asarray(shares).T
         ctx.report.add_value("Grad-CAM mass inside vertebral bodies", float(cam.mean()))
-        ctx.report.add_table(pd.DataFrame({"value": {
-            "crops (test patients)": f"{len(cam)} ({n} patients)",
-            "share of the Grad-CAM mass inside the vertebral body": f"{cam.mean():.3f}",
-            "share of the crop area inside the body (a map blind to anatomy)": f"{area.mean():.3f}",
-            "crops with more mass than area inside the body": f"{(cam > area).mean():.3f}",
-        }}), key="gradcam body share",
-            caption="Does the scorer look at the vertebral bodies? Grad-CAM of each detected "
-                    "crop against the body outline of its six keypoints")
+        ctx.report.add_value("Grad-CAM body area share", float(area.mean()))
+        table = {}
+        for label, sel in (("all crops", grade >= 0), ("crops graded fractured", grade >= 1)):
+            if sel.any():
+                table[label] = {
+                    "crops": int(sel.sum()),
+                    "Grad-CAM mass inside the body": float(cam[sel].mean()),
+                    "body's area share (a map blind to anatomy)": float(area[sel].mean()),
+                    "crops with more mass than area inside": float((cam[sel] > area[sel]).mean())}
+        ctx.report.add_table(pd.DataFrame.from_dict(table, orient="index"),
+                             key="gradcam body share",
+                             caption=f"Does the scorer look at the vertebral bodies? Grad-CAM "
+                                     f"({layer}) of each detected crop of {n} test patients "
+                                     "against the body outline of its six keypoints; "
+                                     "'fractured' = graded >= 1 by the cropper")
     if panels:
         ctx.report.add_figure(grad_cam_figure(panels, np.stack(maps_shown), titles=titles),
-                              "Where the crop pVF scorer looks (Grad-CAM, last conv block): the "
+                              f"Where the crop pVF scorer looks (Grad-CAM, {layer}): the "
                               "most deformed vertebra of two fractured and two normal test "
                               "patients")
 

@@ -7,9 +7,10 @@ trained elsewhere are loaded with the estimator's ``load``.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "default_cam_layer", "make_backbone"]
+__all__ = ["BACKBONES", "cam_layer_candidates", "default_cam_layer", "make_backbone"]
 
 _RESNETS = {
     "resnet10": ("basic", (1, 1, 1, 1), (64, 128, 256, 512)),
@@ -80,10 +81,49 @@ class _ViTFeatures(nn.Module):
         return tokens.mean(dim=1)
 
 
-def default_cam_layer(name: str) -> str:
-    """Name (inside the backbone) of the last convolutional block, for Grad-CAM."""
+#: Grad-CAM needs a map with some spatial extent: a 4 x 4 map stretched over a
+#: vertebra crop hardly says where inside it the network looked. Chosen by
+#: measurement (docs/pvf_scorer.md, "Grad-CAM layer"): on 64 x 64 detected crops
+#: layer3 (8 x 8) put more of its mass on the vertebral body than layer4 (4 x 4)
+#: and the shallower, less class-specific layer2/layer1.
+MIN_CAM_SIDE = 8
+
+
+def cam_layer_candidates(name: str) -> tuple[str, ...]:
+    """Grad-CAM layers (inside the backbone), deepest first."""
     if name in _RESNETS:
-        return "layer4"
+        return ("layer4", "layer3", "layer2", "layer1")
     if name in _EFFICIENTNETS:
-        return "_conv_head"
+        return ("_conv_head",)
     raise ValueError(f"Grad-CAM needs a convolutional backbone, not {name!r}")
+
+
+def default_cam_layer(name: str, backbone: nn.Module | None = None,
+                      input_shape: tuple[int, int] | None = None) -> str:
+    """The deepest convolutional block whose map is at least ``MIN_CAM_SIDE`` pixels a side.
+
+    Without ``backbone`` and ``input_shape`` (or when no block is that large): the
+    last block. ResNets on small inputs (64 x 64 vertebra crops: layer4 is 4 x 4)
+    get an earlier block; the map sizes come from one forward pass of a blank image.
+    """
+    candidates = cam_layer_candidates(name)
+    if backbone is None or input_shape is None or len(candidates) == 1:
+        return candidates[0]
+    sizes: dict[str, tuple[int, ...]] = {}
+    modules = dict(backbone.named_modules())
+    hooks = [modules[c].register_forward_hook(
+        lambda _m, _i, out, c=c: sizes.__setitem__(c, tuple(out.shape[-2:])))
+        for c in candidates if c in modules]
+    training = backbone.training
+    backbone.eval()  # a blank image must not move BatchNorm's running statistics
+    try:
+        param = next(backbone.parameters())
+        in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+        with torch.no_grad():
+            backbone(torch.zeros(1, in_channels, *input_shape, dtype=param.dtype,
+                                 device=param.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        backbone.train(training)
+    return next((c for c in candidates if min(sizes.get(c, (0,))) >= MIN_CAM_SIDE), candidates[0])

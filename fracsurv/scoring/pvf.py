@@ -97,8 +97,8 @@ class PVFScorer(TorchEstimatorMixin, FrameTransformerMixin, ClassifierMixin, Tra
         (balanced positive weight) to the stack's loss; prediction is unchanged
         (the maximum over crops). ``None`` (default): the stack's label only.
     cam_layer : str, optional
-        Default Grad-CAM layer (dotted module name); ``None`` = the backbone's last
-        convolutional block.
+        Default Grad-CAM layer (dotted module name); ``None`` = the backbone's
+        deepest block whose map is at least 8 pixels a side (:meth:`default_cam_layer`).
     optimizer, lr, weight_decay, batch_size, max_epochs, validation_fraction, \
 patience, device, precision, random_state, verbose
         The shared training parameters, documented once in :mod:`fracsurv.nn.base`
@@ -397,8 +397,18 @@ patience, device, precision, random_state, verbose
 
     # -- explanation -----------------------------------------------------
     def default_cam_layer(self) -> str:
-        """The Grad-CAM layer used when none is given (``cam_layer`` or the backbone's)."""
-        return self.cam_layer or f"backbone.{default_cam_layer(self.backbone)}"
+        """The Grad-CAM layer used when none is given.
+
+        ``cam_layer``, else the backbone's deepest block whose map is at least
+        ``MIN_CAM_SIDE`` (8) pixels a side at ``input_shape``
+        (:func:`fracsurv.nn.backbones.default_cam_layer`): layer3 of a ResNet-10 on
+        64 x 64 crops, where layer4 is 4 x 4.
+        """
+        if self.cam_layer:
+            return self.cam_layer
+        net = getattr(getattr(self, "module_", None), "backbone", None)
+        shape = tuple(self.input_shape) if net is not None else None
+        return f"backbone.{default_cam_layer(self.backbone, net, shape)}"
 
     def grad_cam(self, images: Any, layer: str | None = None) -> np.ndarray:
         """Grad-CAM maps (MONAI) of the fracture logit for any image(s).
