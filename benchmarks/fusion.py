@@ -174,13 +174,12 @@ def _crops(frame, cfg: dict[str, Any]):
     from fracsurv.vertebrae.evaluation import annotated_crop_grades
 
     crop = {"crop_size": cfg["crop_size"], "n_crops": int(cfg.get("n_crops", 13))}
-    aux = cfg.get("aux_column")
-    truth = CropStacker(**crop, resize=cfg.get("crop_resize", "shrink"),
+    resize, aux = cfg.get("crop_resize", "shrink"), cfg.get("aux_column")
+    truth = CropStacker(**crop, resize=resize,
                         output_column="truth_crops",
                         grades_column="truth_crop_grades" if aux == "crop_grades" else None,
                         ).fit_transform(frame)
-    cropper = pretrained.load("vertebra-cropper", crop_resize=cfg.get("crop_resize", "shrink"),
-                              **crop)
+    cropper = pretrained.load("vertebra-cropper", crop_resize=resize, **crop)
     X = cropper.transform(frame)
     X["truth_crops"] = truth["truth_crops"].to_numpy()
     if aux == "crop_grades":
@@ -198,6 +197,7 @@ def main() -> None:
     from fracsurv.datasets import make_spine_cohort
     from fracsurv.metrics import concordance_index
     from fracsurv.nn.base import resolve_device
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--variants", default=None, help="default: the preset's, else all")

@@ -24,8 +24,8 @@ from _common import write_json
 def main() -> None:
     from fracsurv import pretrained
     from fracsurv.datasets import make_spine_cohort
-    from fracsurv.demo.explain import cam_body_share
-    from fracsurv.nn.backbones import cam_layer_candidates
+    from fracsurv.demo.explain import cam_body_share, cam_share_summary
+    from fracsurv.nn.backbones import cam_layer_candidates, cam_map_sizes
     from fracsurv.pretrained.train import DETECTED_CROPS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,31 +42,15 @@ def main() -> None:
     stacker = cropper.stacker()
     layers = cam_layer_candidates(scorer.backbone)
     shares: dict[str, list] = {layer: [] for layer in layers}
-    map_sides: dict[str, list[int]] = {}
     for _, row in X.iterrows():
         shape = np.shape(row["image"])[-2:]
         for layer in layers:
             maps = scorer.grad_cam([row["crops"]], layer=f"backbone.{layer}")
             shares[layer] += cam_body_share(stacker, shape, row["vertebrae"], maps)
-    import torch
-
-    net = scorer.module_.backbone
-    hooks = [dict(net.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, out, layer=layer: map_sides.__setitem__(layer, list(out.shape[-2:])))
-        for layer in layers]
-    with torch.no_grad():
-        net(torch.zeros(1, 1, *scorer.input_shape))
-    for h in hooks:
-        h.remove()
+    map_sides = cam_map_sizes(scorer.backbone, scorer.module_.backbone, tuple(scorer.input_shape))
     table = {}
     for layer, rows in shares.items():
-        mass, area, grade = np.asarray(rows).T
-        entry = {"map_size": map_sides[layer]}
-        for label, sel in (("all", grade >= 0), ("fractured", grade >= 1)):
-            entry[label] = {"n_crops": int(sel.sum()), "mass_in_body": float(mass[sel].mean()),
-                            "body_area_share": float(area[sel].mean()),
-                            "excess": float((mass[sel] - area[sel]).mean()),
-                            "share_of_crops_above_area": float((mass[sel] > area[sel]).mean())}
+        entry = {"map_size": list(map_sides[layer]), **cam_share_summary(rows)}
         table[layer] = entry
         print(f"{layer}: {entry['map_size']}  all {entry['all']['mass_in_body']:.3f} vs "
               f"{entry['all']['body_area_share']:.3f}  fractured (n={entry['fractured']['n_crops']}) "

@@ -13,7 +13,7 @@ from fracsurv.demo.data import future_crop_scores
 from fracsurv.io import load_image
 from fracsurv.stratify import agreement_table, bland_altman_figure
 
-__all__ = ["cam_body_share", "stage_explain"]
+__all__ = ["cam_body_share", "cam_share_summary", "stage_explain"]
 
 #: Outline of a vertebral body through its six keypoints (data contract order).
 _OUTLINE = [0, 1, 2, 5, 4, 3]
@@ -51,6 +51,31 @@ def cam_body_share(stacker: Any, image_shape: tuple[int, int], vertebrae: list[d
     return out
 
 
+def cam_share_summary(shares: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """:func:`cam_body_share` triples summarised for all crops and for those graded >= 1.
+
+    Per group (``"all"``, and ``"fractured"`` when there is one): ``n_crops``, the mean
+    ``mass_in_body`` and ``body_area_share``, their mean difference ``excess`` and the
+    ``share_of_crops_above_area``.
+    """
+    mass, area, grade = np.asarray(shares, float).reshape(-1, 3).T
+    out = {}
+    for label, sel in (("all", grade >= 0), ("fractured", grade >= 1)):
+        if sel.any():
+            out[label] = {"n_crops": int(sel.sum()), "mass_in_body": float(mass[sel].mean()),
+                          "body_area_share": float(area[sel].mean()),
+                          "excess": float((mass[sel] - area[sel]).mean()),
+                          "share_of_crops_above_area": float((mass[sel] > area[sel]).mean())}
+    return out
+
+
+#: The demo table's rows and columns for :func:`cam_share_summary`'s keys.
+_SHARE_ROWS = {"all": "all crops", "fractured": "crops graded fractured"}
+_SHARE_COLUMNS = {"n_crops": "crops", "mass_in_body": "Grad-CAM mass inside the body",
+                  "body_area_share": "body's area share (a map blind to anatomy)",
+                  "share_of_crops_above_area": "crops with more mass than area inside"}
+
+
 def _grad_cam_section(ctx: DemoContext) -> None:
     from fracsurv.scoring.gradcam import grad_cam_figure
 
@@ -83,18 +108,12 @@ def _grad_cam_section(ctx: DemoContext) -> None:
     ctx.report.section("Grad-CAM of the pVF scorer", "gradcam")
     layer = scorer.default_cam_layer()
     if shares:
-        cam, area, grade = np.asarray(shares).T
-        ctx.report.add_value("Grad-CAM mass inside vertebral bodies", float(cam.mean()))
-        ctx.report.add_value("Grad-CAM body area share", float(area.mean()))
-        table = {}
-        for label, sel in (("all crops", grade >= 0), ("crops graded fractured", grade >= 1)):
-            if sel.any():
-                table[label] = {
-                    "crops": int(sel.sum()),
-                    "Grad-CAM mass inside the body": float(cam[sel].mean()),
-                    "body's area share (a map blind to anatomy)": float(area[sel].mean()),
-                    "crops with more mass than area inside": float((cam[sel] > area[sel]).mean())}
-        ctx.report.add_table(pd.DataFrame.from_dict(table, orient="index"),
+        summary = cam_share_summary(shares)
+        ctx.report.add_value("Grad-CAM mass inside vertebral bodies", summary["all"]["mass_in_body"])
+        ctx.report.add_value("Grad-CAM body area share", summary["all"]["body_area_share"])
+        table = (pd.DataFrame.from_dict(summary, orient="index")[list(_SHARE_COLUMNS)]
+                 .rename(index=_SHARE_ROWS, columns=_SHARE_COLUMNS))
+        ctx.report.add_table(table,
                              key="gradcam body share",
                              caption=f"Does the scorer look at the vertebral bodies? Grad-CAM "
                                      f"({layer}) of each detected crop of {n} test patients "

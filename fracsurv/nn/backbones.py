@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "cam_layer_candidates", "default_cam_layer", "make_backbone"]
+__all__ = ["BACKBONES", "cam_layer_candidates", "cam_map_sizes", "default_cam_layer",
+           "make_backbone"]
 
 _RESNETS = {
     "resnet10": ("basic", (1, 1, 1, 1), (64, 128, 256, 512)),
@@ -98,24 +99,20 @@ def cam_layer_candidates(name: str) -> tuple[str, ...]:
     raise ValueError(f"Grad-CAM needs a convolutional backbone, not {name!r}")
 
 
-def default_cam_layer(name: str, backbone: nn.Module | None = None,
-                      input_shape: tuple[int, int] | None = None) -> str:
-    """The deepest convolutional block whose map is at least ``MIN_CAM_SIDE`` pixels a side.
+def cam_map_sizes(name: str, backbone: nn.Module, input_shape: tuple[int, int]
+                  ) -> dict[str, tuple[int, int]]:
+    """Spatial size of each Grad-CAM candidate's map, from one forward pass of a blank image.
 
-    Without ``backbone`` and ``input_shape`` (or when no block is that large): the
-    last block. ResNets on small inputs (64 x 64 vertebra crops: layer4 is 4 x 4)
-    get an earlier block; the map sizes come from one forward pass of a blank image.
+    The backbone runs in eval mode (a blank image must not move BatchNorm's running
+    statistics) and gets its training flag back.
     """
-    candidates = cam_layer_candidates(name)
-    if backbone is None or input_shape is None or len(candidates) == 1:
-        return candidates[0]
-    sizes: dict[str, tuple[int, ...]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     modules = dict(backbone.named_modules())
     hooks = [modules[c].register_forward_hook(
         lambda _m, _i, out, c=c: sizes.__setitem__(c, tuple(out.shape[-2:])))
-        for c in candidates if c in modules]
+        for c in cam_layer_candidates(name) if c in modules]
     training = backbone.training
-    backbone.eval()  # a blank image must not move BatchNorm's running statistics
+    backbone.eval()
     try:
         param = next(backbone.parameters())
         in_channels = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
@@ -126,4 +123,19 @@ def default_cam_layer(name: str, backbone: nn.Module | None = None,
         for h in hooks:
             h.remove()
         backbone.train(training)
+    return sizes
+
+
+def default_cam_layer(name: str, backbone: nn.Module | None = None,
+                      input_shape: tuple[int, int] | None = None) -> str:
+    """The deepest convolutional block whose map is at least ``MIN_CAM_SIDE`` pixels a side.
+
+    Without ``backbone`` and ``input_shape`` (or when no block is that large): the
+    last block. ResNets on small inputs (64 x 64 vertebra crops: layer4 is 4 x 4)
+    get an earlier block (sizes from :func:`cam_map_sizes`).
+    """
+    candidates = cam_layer_candidates(name)
+    if backbone is None or input_shape is None or len(candidates) == 1:
+        return candidates[0]
+    sizes = cam_map_sizes(name, backbone, input_shape)
     return next((c for c in candidates if min(sizes.get(c, (0,))) >= MIN_CAM_SIDE), candidates[0])
