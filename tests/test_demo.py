@@ -163,3 +163,36 @@ def test_cam_body_share_is_the_area_share_for_a_map_blind_to_anatomy():
     on = np.asarray(cam_body_share(stacker, image.shape, verts, np.stack([centre] * 13)))
     off = np.asarray(cam_body_share(stacker, image.shape, verts, np.stack([corners] * 13)))
     assert (on[:, 0] > on[:, 1]).all() and (off[:, 0] < off[:, 1]).all()
+
+
+def test_the_shipped_generator_gets_un_equalised_dicom_images_and_its_futures_get_clahe(tmp_path):
+    """The shipped DiffX generator was trained on the simulator's un-equalised images;
+    the crop scorer on CLAHE images. Each gets its own domain."""
+    import numpy as np
+
+    from fracsurv.datasets import make_spine_cohort
+    from fracsurv.demo.context import DemoContext
+    from fracsurv.demo.data import GENERATOR_IMAGE, _generator, stage_images, to_scorer_domain
+    from fracsurv.io import load_image
+    from fracsurv.io.preprocess import equalize_clahe
+    from fracsurv.report.html import Report
+
+    c = make_spine_cohort(4, image_shape=(128, 64), random_state=0, dicom=True,
+                          out_dir=tmp_path / "cohort", n_followups=0)
+    ctx = DemoContext(out=tmp_path, seed=0, tiny=False, report=Report("t"), quiet=True)
+    ctx.train, ctx.test = c.frame.iloc[:2].copy(), c.frame.iloc[2:].copy()
+    stage_images(ctx)
+    raw, eq = (load_image(ctx.test[col].iloc[0]) for col in (GENERATOR_IMAGE, "image"))
+    assert raw.shape == eq.shape and np.abs(raw - eq).mean() > 0.02  # CLAHE on one only
+    gen = ctx.fitted["DiffXGenerator"] = _generator(ctx)
+    assert gen.image_column == GENERATOR_IMAGE
+    out = to_scorer_domain(ctx, [raw])
+    loader = ctx.fitted["DicomLoader"]
+    np.testing.assert_allclose(out[0], equalize_clahe(raw, loader.clahe_clip_limit,
+                                                      loader.clahe_kernel_size,
+                                                      loader.clahe_backend), atol=1e-6)
+    # ... which is what the loader itself makes of the same DICOM file (float16 cache aside)
+    assert np.abs(out[0] - eq).mean() < 0.005
+    # a generator trained on the loader's output (--retrain) is left in that domain
+    gen.set_params(image_column="image")
+    np.testing.assert_array_equal(to_scorer_domain(ctx, [raw])[0], raw)

@@ -21,6 +21,7 @@ from fracsurv.datasets import load_demo_cohort
 from fracsurv.demo.context import DemoContext, clinical_columns
 from fracsurv.generative import DIFFX_PRESETS, DiffXGenerator
 from fracsurv.io import DicomLoader, load_image
+from fracsurv.io.preprocess import equalize_clahe
 from fracsurv.nn.data import antialiased_resize
 from fracsurv.pretrained.train import DETECTED_CROPS
 from fracsurv.scoring import PVFScorer
@@ -28,7 +29,8 @@ from fracsurv.stratify import RiskGrouper
 from fracsurv.vertebrae import VertebraCropper
 from fracsurv.vertebrae.evaluation import detection_summary
 
-__all__ = ["stage_cohort", "stage_crops", "stage_future", "stage_images", "stage_pvf"]
+__all__ = ["GENERATOR_IMAGE", "stage_cohort", "stage_crops", "stage_future", "stage_images",
+           "stage_pvf", "to_scorer_domain"]
 
 
 #: Radiograph size of the demo (the shipped pvf-scorer was trained on crops detected
@@ -94,11 +96,24 @@ def _table_one(ctx: DemoContext) -> pd.DataFrame:
 # -- 2-5. images, crops and image scores ---------------------------------------------
 
 
+#: The baselines without CLAHE: the shipped generator's training domain (it was trained
+#: on the simulator's arrays; fed CLAHE images its futures at the follow-up age fell
+#: from MS-SSIM 0.855 to 0.674 against the real follow-up on 16 patients).
+GENERATOR_IMAGE = "generator_image"
+
+
 def stage_images(ctx: DemoContext) -> None:
     shape = _image_shape(ctx)
-    # scikit-image's CLAHE: the preprocessing the shipped pretrained models were trained on
+    # scikit-image's CLAHE: the preprocessing the shipped cropper, pvf and fusion models
+    # were trained on
     loader = DicomLoader(output_shape=shape, cache_dir=str(ctx.out / "cache"), n_jobs=2,
                          clahe_backend="skimage")
+    if not ctx.retrain:
+        raw = DicomLoader(output_shape=shape, clahe=False, cache_dir=str(ctx.out / "cache"),
+                          n_jobs=2)
+        for name in ("train", "test"):
+            frame = getattr(ctx, name)
+            frame[GENERATOR_IMAGE] = raw.fit_transform(frame[["image"]])["image"].to_numpy()
     ctx.train = loader.fit_transform(ctx.train)
     ctx.test = loader.transform(ctx.test)
     ctx.fitted["DicomLoader"] = loader
@@ -184,6 +199,16 @@ def stage_pvf(ctx: DemoContext) -> None:
     ctx.say(f"    pVF AUROC on the test split: {auc:.3f} ({ctx.model_sources['PVFScorer']})")
 
 
+def to_scorer_domain(ctx: DemoContext, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Generated images as the scorers see radiographs: the loader's CLAHE applied to the
+    futures of a generator fed un-equalised baselines (``GENERATOR_IMAGE``)."""
+    loader, gen = ctx.fitted["DicomLoader"], ctx.fitted["DiffXGenerator"]
+    if not (loader.clahe and gen.image_column == GENERATOR_IMAGE):
+        return list(images)
+    return [equalize_clahe(im, loader.clahe_clip_limit, loader.clahe_kernel_size,
+                           loader.clahe_backend).astype(np.float32) for im in images]
+
+
 def future_crop_scores(ctx: DemoContext, frame: pd.DataFrame, n_seeds: int,
                        chunk: int = 64) -> np.ndarray:
     """GpVF: the crop pVF scorer on the generated futures, cut at the baseline's vertebrae.
@@ -191,7 +216,9 @@ def future_crop_scores(ctx: DemoContext, frame: pd.DataFrame, n_seeds: int,
     DiffX keeps the baseline's geometry (image-to-image from a partly noised
     baseline), so each generated image is resized to the baseline's shape and
     cropped where the cropper found the vertebrae on the baseline: the same
-    vertebrae fill the same slots. Scored ``chunk`` rows at a time, so the crop
+    vertebrae fill the same slots, in the scorer's input domain
+    (:func:`to_scorer_domain`).
+    Scored ``chunk`` rows at a time, so the crop
     stacks of all futures are never held at once; the study's aggregation (mean
     over seeds, max over horizons) applies.
     """
@@ -204,7 +231,8 @@ def future_crop_scores(ctx: DemoContext, frame: pd.DataFrame, n_seeds: int,
         for base, futures, verts in zip(part["image"], part["future_images"], part["vertebrae"],
                                         strict=True):
             shape = load_image(base).shape
-            big = antialiased_resize([load_image(f) for f in futures], shape)
+            big = to_scorer_domain(ctx, antialiased_resize([load_image(f) for f in futures],
+                                                           shape))
             stacks.append([cropper.crops_at(im, verts) for im in big])
         out.append(gscorer.score_cells(pd.DataFrame({"future_crops": stacks},
                                                     index=part.index))[0])
@@ -233,7 +261,7 @@ def _generator(ctx: DemoContext) -> DiffXGenerator:
         # 20-step ones (MS-SSIM 0.982) than two seeds are to each other (0.966);
         # benchmarks/results/diffx_demo_speed.json
         gen = pretrained.load("diffx", **common, n_inference_steps=DEMO_DDIM_STEPS,
-                              random_state=ctx.seed)
+                              image_column=GENERATOR_IMAGE, random_state=ctx.seed)
         gen.set_params(output_shape=tuple(gen.input_shape))
         ctx.say(f"    DiffXGenerator: pretrained ({gen.n_train_images_} training images, "
               f"{gen.input_shape[0]}x{gen.input_shape[1]})")
@@ -252,7 +280,7 @@ def _generator(ctx: DemoContext) -> DiffXGenerator:
 def stage_future(ctx: DemoContext) -> None:
     if "pvf" not in ctx.train.columns or "vertebrae" not in ctx.train.columns:
         return
-    gen = _generator(ctx)
+    gen = ctx.fitted["DiffXGenerator"] = _generator(ctx)
     ctx.train, ctx.test = gen.transform(ctx.train), gen.transform(ctx.test)
     for frame in (ctx.train, ctx.test):
         frame["gpvf"] = future_crop_scores(ctx, frame, gen.n_seeds)

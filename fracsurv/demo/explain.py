@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fracsurv.demo.context import DemoContext
-from fracsurv.demo.data import future_crop_scores
+from fracsurv.demo.data import future_crop_scores, to_scorer_domain
 from fracsurv.io import load_image
 from fracsurv.stratify import agreement_table, bland_altman_figure
 
@@ -138,7 +138,7 @@ def _futures_section(ctx: DemoContext) -> None:
     fig, axes = plt.subplots(len(rows), 2 + n_gen, figsize=(1.75 * (2 + n_gen), 3.4 * len(rows)),
                              squeeze=False)
     for k, (_, row) in enumerate(rows.iterrows()):
-        futures = row["future_images"]
+        futures = to_scorer_domain(ctx, [load_image(f) for f in row["future_images"]])
         panels = [(row["image"], f"baseline, age {row['age']:.0f}"),
                   *[(futures[j], f"generated +10 y, seed {j}" +
                      (f"\nGpVF {row['gpvf']:.2f}" if j == 0 else "")) for j in range(n_gen)],
