@@ -185,8 +185,12 @@ def test_batched_patients_equal_one_at_a_time(fitted, cohort):
                                np.stack(b["future_images"].iloc[2]), atol=1e-4)
 
 
+def _stage_files(run, kind="done"):
+    return {p.name.split("-")[0]: p for p in run.glob(f"*.{kind}.pt")}
+
+
 def test_checkpoint_dir_keeps_finished_stages_and_reuses_them(cohort, tmp_path):
-    """Each finished stage leaves its weights; a second fit with the same data and
+    """Each finished stage leaves its state; a second fit with the same data and
     parameters trains nothing and equals a fit without checkpoints."""
     from fracsurv.nn.callbacks import read_checkpoint
 
@@ -196,10 +200,9 @@ def test_checkpoint_dir_keeps_finished_stages_and_reuses_them(cohort, tmp_path):
     ckpt = tmp_path / "ckpt"
     DiffXGenerator(**{**params, "checkpoint_dir": str(ckpt)}).fit(X)
     run = next(ckpt.iterdir())
-    assert {p.name for p in run.iterdir()} == {"autoencoder.done.pt", "ldm1.done.pt",
-                                              "ldm2.done.pt"}
-    done = read_checkpoint(run / "ldm2.done.pt")
-    assert len(done["losses"]) == 2
+    files = _stage_files(run)
+    assert set(files) == {"autoencoder", "ldm1", "ldm2"} and len(list(run.iterdir())) == 3
+    assert len(read_checkpoint(files["ldm2"])["losses"]) == 2
     # a second fit with the same data and parameters trains nothing and agrees
     again = DiffXGenerator(**{**params, "checkpoint_dir": str(ckpt)}).fit(X)
     for a, b in zip(again.module_.state_dict().values(), full.module_.state_dict().values(),
@@ -207,18 +210,93 @@ def test_checkpoint_dir_keeps_finished_stages_and_reuses_them(cohort, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_strength_keeps_more_of_the_baseline(fitted, cohort):
-    """Inverting less of the schedule leaves the generated image closer to the baseline."""
-    row = cohort.iloc[0]
-    base = np.asarray(row["image"], np.float32)
-    err = {}
-    for strength in (1.0, 0.34):
-        gen = clone(fitted).set_params(strength=strength)
-        gen.module_, gen.feature_names_in_ = fitted.module_, fitted.feature_names_in_
-        gen.n_features_in_, gen.n_train_images_ = fitted.n_features_in_, fitted.n_train_images_
-        out = gen.generate(row["image"], row["age"], row["sex"], [0.0], seeds=[0])
-        err[strength] = float(np.abs(out[0, 0] - base).mean())
-    assert err[0.34] < err[1.0]
+def test_checkpoints_extend_a_stage_and_keep_the_autoencoder(cohort, tmp_path, monkeypatch):
+    """More LDM epochs train only the extra ones (the earlier losses kept); an LDM setting
+    changed keeps the trained autoencoder."""
+    params = {**TINY, "ldm_epochs": 2, "ldm1_epochs": 1, "checkpoint_dir": str(tmp_path)}
+    first = DiffXGenerator(**params).fit(cohort)
+    trained = []
+    make_net = DiffXGenerator._make_net
+    monkeypatch.setattr(DiffXGenerator, "_make_net", lambda self, *a, **k: trained.append(
+        type(a[0]).__name__) or make_net(self, *a, **k))
+    # 1. LDM-2 three epochs instead of two: LDM-2 trains one more epoch, LDM-1 again
+    #    (it starts from LDM-2's weights), the autoencoder is kept
+    gen = DiffXGenerator(**{**params, "ldm_epochs": 3}).fit(cohort)
+    assert trained == ["DenoiseObjective", "DenoiseObjective"]
+    assert gen.loss_history_["ldm2"][:2] == first.loss_history_["ldm2"]
+    assert len(gen.loss_history_["ldm2"]) == 3 and len(gen.loss_history_["ldm1"]) == 1
+    assert gen.loss_history_["autoencoder"] == first.loss_history_["autoencoder"]
+    # 2. a different UNet width: both LDMs train, the autoencoder does not
+    trained.clear()
+    DiffXGenerator(**{**params, "unet_channels": (8, 16)}).fit(cohort)
+    assert trained == ["DenoiseObjective", "DenoiseObjective"]
+    run = next(tmp_path.iterdir())
+    assert len(list(run.glob("autoencoder-*.done.pt"))) == 1
+    # the extended LDM-2 replaced its two-epoch state; the other width has its own
+    assert len(list(run.glob("ldm2-*.done.pt"))) == 2
+    # 3. LDM-1 from scratch: LDM-2 is the same network either way, only LDM-1 trains
+    trained.clear()
+    DiffXGenerator(**{**params, "ldm_epochs": 3, "ldm1_init": "scratch"}).fit(cohort)
+    assert trained == ["DenoiseObjective"]
+
+
+def test_ldm2_is_the_same_whichever_way_ldm1_starts(cohort, fitted):
+    """Each stage is seeded alike whatever the order, so LDM-2 (which the checkpoint key
+    therefore does not tie to ``ldm1_init``) comes out identical."""
+    scratch = DiffXGenerator(**{**TINY, "ldm1_init": "scratch"}).fit(cohort)
+    for a, b in zip(scratch.module_.ldm2.state_dict().values(),
+                    fitted.module_.ldm2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(
+        scratch.module_.ldm1.state_dict().values(), fitted.module_.ldm1.state_dict().values(),
+        strict=True))
+
+
+def test_ldm1_starts_as_ldm2_and_the_lowres_channel_starts_at_zero():
+    """warm_start_ldm1: before fine-tuning, LDM-1 computes what LDM-2 computes, whatever
+    the low-resolution channel holds."""
+    from fracsurv.generative.nets import make_unet, warm_start_ldm1
+
+    torch.manual_seed(0)
+    ldm2, ldm1 = make_unet(2, 2, (16, 16), 1, 16, 8), make_unet(3, 2, (16, 16), 1, 16, 8)
+    z, cond = torch.randn(2, 2, 8, 4), torch.randn(2, 9, 16)
+    with torch.no_grad():
+        before = ldm1(torch.cat([z, torch.randn(2, 1, 8, 4)], 1), 10, cond).sample
+        warm_start_ldm1(ldm1, ldm2)
+        a = ldm1(torch.cat([z, torch.randn(2, 1, 8, 4)], 1), 10, cond).sample
+        b = ldm2(z, 10, cond).sample
+    torch.testing.assert_close(a, b)
+    assert (before - b).abs().max() > 1e-3
+
+
+def test_patched_autoencoder_works_on_pixel_blocks(cohort):
+    """ae_patch=2 halves the latent size again (tiny: 2 x 2 = 4); generation keeps shapes."""
+    gen = DiffXGenerator(**{**TINY, "ae_patch": 2, "input_shape": (32, 16)}).fit(cohort)
+    x = gen._prep(cohort["image"].iloc[0])
+    with torch.no_grad():
+        z = gen.module_.encode(x)
+        rec = gen.module_.decode(z)
+    assert z.shape[-2:] == (8, 4) and gen.module_.factor == 4
+    assert rec.shape == x.shape
+    out = gen.generate(cohort["image"].iloc[0], 70, "female", [1, 5], seeds=[0, 1])
+    assert out.shape == (2, 2, *cohort["image"].iloc[0].shape)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        DiffXGenerator(**{**TINY, "ae_patch": 2, "input_shape": (28, 16)}).fit(cohort)
+
+
+def test_baseline_referenced_guidance_leaves_horizon_zero_unguided(fitted, cohort):
+    """With guidance_reference='baseline' the push is the age change only: at 0 years
+    the guidance scale no longer matters; with the null reference it does."""
+    img, age = cohort["image"].iloc[0], cohort["age"].iloc[0]
+
+    def at(reference, scale, horizon):
+        gen = clone(fitted).set_params(guidance_reference=reference, guidance_scale=scale)
+        gen.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+        return gen.generate(img, age, "female", [horizon], seeds=[0])
+
+    np.testing.assert_allclose(at("baseline", 1.0, 0), at("baseline", 7.0, 0), atol=1e-5)
+    assert np.abs(at("null", 1.0, 0) - at("null", 7.0, 0)).max() > 1e-3
+    assert np.abs(at("baseline", 1.0, 10) - at("baseline", 7.0, 10)).max() > 1e-3
 
 
 def test_checkpoint_dir_resumes_a_stage_killed_mid_way(cohort, tmp_path, monkeypatch):
@@ -247,7 +325,7 @@ def test_checkpoint_dir_resumes_a_stage_killed_mid_way(cohort, tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="killed"):
         DiffXGenerator(**params).fit(cohort)
     run = next(tmp_path.iterdir())
-    part = read_checkpoint(run / "ldm2.epoch.pt")
+    part = read_checkpoint(_stage_files(run, "epoch")["ldm2"])
     assert part["epoch"] == 1 and len(part["losses"]) == 1
     monkeypatch.setattr(training.DiffXTrainingMixin, "_train_stage", real)
     trained = []
@@ -255,10 +333,11 @@ def test_checkpoint_dir_resumes_a_stage_killed_mid_way(cohort, tmp_path, monkeyp
     monkeypatch.setattr(DiffXGenerator, "_make_net", lambda self, *a, **k: trained.append(
         a[0]) or make_net(self, *a, **k))
     gen = DiffXGenerator(**params).fit(cohort)
-    assert len(trained) == 1  # only LDM-2 trained again
+    # LDM-2 resumed, then LDM-1, which starts from LDM-2's weights; not the autoencoder
+    assert [type(t).__name__ for t in trained] == ["DenoiseObjective"] * 2
     assert len(gen.loss_history_["ldm2"]) == 2
     assert gen.loss_history_["ldm2"][0] == pytest.approx(part["losses"][0])
-    assert not (run / "ldm2.epoch.pt").exists() and (run / "ldm2.done.pt").exists()
+    assert "ldm2" not in _stage_files(run, "epoch") and "ldm2" in _stage_files(run)
 
 
 def _ageing_toy(n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -279,11 +358,19 @@ def _ageing_toy(n: int, rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_prompted_age_moves_the_image_the_way_ageing_does():
-    """Trained on a toy whose spine darkens with age, a later prompt gives a darker spine."""
+@pytest.fixture(scope="module")
+def toy_generator():
+    """Trained on a toy whose spine darkens with age (long enough to reconstruct it)."""
     train = _ageing_toy(64, np.random.default_rng(0))
-    gen = DiffXGenerator(**{**TINY, "ae_epochs": 8, "ldm_epochs": 25, "batch_size": 16,
-                            "lr": 2e-3}).fit(train)
+    return DiffXGenerator(**{**TINY, "ae_epochs": 8, "ldm_epochs": 25, "batch_size": 16,
+                             "lr": 2e-3}).fit(train)
+
+
+@pytest.mark.parametrize("reference", ["null", "baseline"])
+def test_prompted_age_moves_the_image_the_way_ageing_does(toy_generator, reference):
+    """A later prompt gives a darker spine, with either guidance reference."""
+    gen = clone(toy_generator).set_params(guidance_reference=reference)
+    gen.__dict__.update({k: v for k, v in toy_generator.__dict__.items() if k.endswith("_")})
     drops = []
     for _, row in _ageing_toy(4, np.random.default_rng(1)).iterrows():
         out = gen.generate(row["image"], 60.0, row["sex"], [0, 25], seeds=[0, 1])
@@ -291,3 +378,17 @@ def test_prompted_age_moves_the_image_the_way_ageing_does():
         drops.append(spine[0] - spine[1])
     assert min(drops) > 0, drops
     assert np.mean(drops) > 0.02, drops
+
+
+def test_strength_sets_how_deep_the_baseline_is_inverted(fitted):
+    """strength s: the baseline is inverted through the first round(s x steps) DDIM steps
+    and generation runs exactly those steps back, from the deepest one."""
+    n = fitted.n_inference_steps
+    for strength in (1.0, 0.5, 0.34):
+        gen = clone(fitted).set_params(strength=strength)
+        _, _, inversion, denoising = gen._timesteps()
+        k = round(strength * n)
+        assert len(inversion) == len(denoising) == k
+        assert list(denoising.numpy()) == sorted(inversion.numpy(), reverse=True)
+    assert clone(fitted).set_params(strength=1.0)._timesteps()[3][0] > \
+        clone(fitted).set_params(strength=0.5)._timesteps()[3][0]

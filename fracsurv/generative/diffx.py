@@ -62,10 +62,11 @@ DIFFX_PRESETS: dict[str, dict[str, Any]] = {
              "unet_channels": (128, 256, 512, 512), "layers_per_block": 2,
              "cross_attention_dim": 256, "n_inference_steps": 50, "ae_epochs": 100,
              "ldm_epochs": 300, "batch_size": 16},
-    "cpu": {"input_shape": (128, 64), "ae_channels": (32, 64, 64), "unet_channels": (32, 64),
-            "layers_per_block": 1, "cross_attention_dim": 64, "attention_head_dim": 2,
-            "n_inference_steps": 20, "ae_epochs": 6, "ldm_epochs": 20, "batch_size": 32,
-            "lr": 5e-4, "strength": 0.5, "guidance_scale": 5.0},
+    "cpu": {"input_shape": (256, 128), "ae_channels": (32, 64, 64), "ae_patch": 2,
+            "latent_channels": 8, "unet_channels": (32, 64, 64), "layers_per_block": 1,
+            "cross_attention_dim": 64, "attention_head_dim": 2, "n_inference_steps": 20,
+            "ae_epochs": 6, "ldm_epochs": 60, "ldm1_epochs": 20, "ldm1_init": "ldm2",
+            "batch_size": 32, "lr": 5e-4, "strength": 0.5, "guidance_scale": 5.0},
     "demo": {"input_shape": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
              "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
              "n_inference_steps": 10, "ae_epochs": 6, "ldm_epochs": 12, "batch_size": 32,
@@ -102,6 +103,11 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         unless ``output_shape`` is set). ``image_size``, its former name, is
         deprecated: passing it warns with a ``FutureWarning`` and takes precedence.
     ae_channels, latent_channels : autoencoder widths per level and latent depth.
+    ae_patch : int, default=1
+        Space-to-depth factor in front of the autoencoder (2: the image's 2 x 2 pixel
+        blocks become 4 channels at half the size; see
+        :class:`~fracsurv.generative.nets.PatchedAutoencoder`). The latent is
+        ``ae_patch * 2 ** (len(ae_channels) - 1)`` times smaller than the image.
     unet_channels, layers_per_block, cross_attention_dim, attention_head_dim : the
         UNets (both LDMs share the architecture).
     n_train_timesteps, n_inference_steps : int
@@ -121,6 +127,11 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         the baseline, as diffusers' image-to-image ``strength``).
     guidance_scale : float, default=4.0
         Classifier-free guidance of LDM-2.
+    guidance_reference : {"null", "baseline"}, default="null"
+        What guidance pushes away from: the empty prompt (classifier-free guidance as
+        in the study) or the baseline's own prompt, so that guidance amplifies only
+        what the change of age (and nothing else) changes, and a horizon of 0 years
+        gets no push at all (the "negative prompt" of image editing).
     eta : float, default=0.5
         DDIM stochasticity of LDM-2: the per-seed noise that makes seeds differ.
     inject : bool, default=True
@@ -131,7 +142,16 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         Decoder position ``up_blocks[block].resnets[layer]`` — the fifth decoder
         layer of Stable Diffusion's layout, which the study found best.
     ae_epochs, ldm_epochs : int
-        Training epochs of the autoencoder and of each LDM.
+        Training epochs of the autoencoder and of LDM-2 (and LDM-1 unless
+        ``ldm1_epochs`` is set).
+    ldm1_epochs : int, optional
+        Training epochs of LDM-1 (default: ``ldm_epochs``).
+    ldm1_init : {"ldm2", "scratch"}, default="ldm2"
+        ``"ldm2"``: train LDM-2 first and start LDM-1 from its weights (with a
+        zero-initialised low-resolution input channel), so the decoder features and
+        attention queries/keys LDM-1 injects are in LDM-2's own feature space, as
+        they are in the study, whose two LDMs are both fine-tuned from one Stable
+        Diffusion; ``"scratch"``: both LDMs from random weights.
     lr, batch_size : optimiser settings (Adam) for all three stages.
     prompt_dropout : float, default=0.1
         Probability of training LDM-2 on the empty prompt (for guidance).
@@ -173,6 +193,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         "image_size": [tuple, list, Hidden(StrOptions({"deprecated"}))],
         "ae_channels": ["array-like"],
         "latent_channels": [Interval(Integral, 1, None, closed="left")],
+        "ae_patch": [Interval(Integral, 1, None, closed="left")],
         "unet_channels": ["array-like"],
         "layers_per_block": [Interval(Integral, 1, None, closed="left")],
         "cross_attention_dim": [Interval(Integral, 1, None, closed="left")],
@@ -185,6 +206,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "strength": [Interval(Real, 0, 1, closed="right")],
         "guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "guidance_reference": [StrOptions({"null", "baseline"})],
         "eta": [Interval(Real, 0, 1, closed="both")],
         "inject": ["boolean"],
         "tau_f": [Interval(Real, 0, 1, closed="both")],
@@ -193,6 +215,8 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         "injection_layer": [Interval(Integral, 0, None, closed="left")],
         "ae_epochs": [Interval(Integral, 1, None, closed="left")],
         "ldm_epochs": [Interval(Integral, 1, None, closed="left")],
+        "ldm1_epochs": [Interval(Integral, 1, None, closed="left"), None],
+        "ldm1_init": [StrOptions({"ldm2", "scratch"})],
         "prompt_dropout": [Interval(Real, 0, 1, closed="both")],
         "kl_weight": [Interval(Real, 0, None, closed="left")],
         "ae_ssim_weight": [Interval(Real, 0, None, closed="left")],
@@ -208,14 +232,17 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
                  n_seeds: int = 10, prompt_template: str = "An image of {age} years old {sex}",
                  input_shape: tuple[int, int] = (512, 512),
                  ae_channels: tuple[int, ...] = (64, 128, 256, 256), latent_channels: int = 4,
+                 ae_patch: int = 1,
                  unet_channels: tuple[int, ...] = (128, 256, 512, 512), layers_per_block: int = 2,
                  cross_attention_dim: int = 256, attention_head_dim: int = 8,
                  n_train_timesteps: int = 1000, n_inference_steps: int = 50,
                  beta_schedule: str = "scaled_linear", prediction_type: str = "v_prediction",
                  snr_gamma: float | None = 5.0, ema_decay: float = 0.999, strength: float = 1.0,
-                 guidance_scale: float = 4.0, eta: float = 0.5, inject: bool = True,
+                 guidance_scale: float = 4.0, guidance_reference: str = "null",
+                 eta: float = 0.5, inject: bool = True,
                  tau_f: float = 0.8, tau_attn: float = 0.5, injection_block: int = 1,
                  injection_layer: int = 1, ae_epochs: int = 100, ldm_epochs: int = 300,
+                 ldm1_epochs: int | None = None, ldm1_init: str = "ldm2",
                  lr: float = 1e-4, batch_size: int = 16, prompt_dropout: float = 0.1,
                  kl_weight: float = 1e-6, ae_ssim_weight: float = 0.5,
                  generation_batch_size: int = 64, cache_dir: str | None = None,
@@ -234,6 +261,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         self.input_shape = input_shape
         self.ae_channels = ae_channels
         self.latent_channels = latent_channels
+        self.ae_patch = ae_patch
         self.unet_channels = unet_channels
         self.layers_per_block = layers_per_block
         self.cross_attention_dim = cross_attention_dim
@@ -246,6 +274,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         self.ema_decay = ema_decay
         self.strength = strength
         self.guidance_scale = guidance_scale
+        self.guidance_reference = guidance_reference
         self.eta = eta
         self.inject = inject
         self.tau_f = tau_f
@@ -254,6 +283,8 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         self.injection_layer = injection_layer
         self.ae_epochs = ae_epochs
         self.ldm_epochs = ldm_epochs
+        self.ldm1_epochs = ldm1_epochs
+        self.ldm1_init = ldm1_init
         self._set_shared_params(locals())
         self.prompt_dropout = prompt_dropout
         self.kl_weight = kl_weight
@@ -281,7 +312,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         for h in self.horizons:
             if h != "last" and not (isinstance(h, int | float) and h >= 0):
                 raise ValueError(f"horizons are years >= 0 or 'last', got {h!r}")
-        factor = 2 ** (len(self.ae_channels) - 1)
+        factor = int(self.ae_patch) * 2 ** (len(self.ae_channels) - 1)
         h, w = self._input_shape()
         unet_factor = 2 ** (len(self.unet_channels) - 1)
         if h % (factor * unet_factor) or w % (factor * unet_factor):
@@ -300,7 +331,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
             latent_channels=int(self.latent_channels), unet_channels=tuple(self.unet_channels),
             layers_per_block=int(self.layers_per_block),
             cross_attention_dim=int(self.cross_attention_dim),
-            attention_head_dim=int(self.attention_head_dim))
+            attention_head_dim=int(self.attention_head_dim), ae_patch=int(self.ae_patch))
 
     def _prep(self, image: np.ndarray) -> torch.Tensor:
         """(1, 1, H, W) tensor in [-1, 1] at ``input_shape`` from a [0, 1] image."""

@@ -94,14 +94,19 @@ class DiffXSamplingMixin:
         n_feat, n_attn = round(self.tau_f * n_steps), round(self.tau_attn * n_steps)
         prompts = [format_prompt(self.prompt_template, float(a) + float(h), s)
                    for a, s, hs in zip(ages, sexes, horizons, strict=True) for h in hs for _ in seeds]
+        # guidance pushes away from the empty prompt, or from the baseline's own prompt
+        reference = None if self.guidance_reference == "null" else [
+            format_prompt(self.prompt_template, float(a), s)
+            for a, s, hs in zip(ages, sexes, horizons, strict=True) for _ in hs for _ in seeds]
         k = n_h * len(seeds)  # generated images per patient
         gens = [torch.Generator().manual_seed(_seed_of(self.random_state, s)) for s in seeds]
         injector = FeatureInjector(m.ldm1, m.ldm2, int(self.injection_block),
                                    int(self.injection_layer), repeats=k)
         with torch.inference_mode(), self._autocast(device):
-            # 3. invert the baselines (DDIM, cached) and encode the prompts with a null prompt
+            # 3. invert the baselines (DDIM, cached); encode the prompts and guidance's reference
             z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
-            enc2 = torch.cat([m.text2.null_embedding(len(prompts)), m.text2(prompts)])
+            ref = m.text2.null_embedding(len(prompts)) if reference is None else m.text2(reference)
+            enc2 = torch.cat([ref, m.text2(prompts)])
             # 4. denoise: LDM-1 reconstructs the baseline and records its features, LDM-2
             #    generates every future with those features injected (Plug-and-Play), CFG
             z1, z2 = z_t.clone(), z_t.repeat_interleave(k, dim=0)
@@ -112,8 +117,8 @@ class DiffXSamplingMixin:
                     z1 = ddim.step(eps1.float(), t, z1).prev_sample
                     with injector.inject(i, inject and i < n_feat, inject and i < n_attn):
                         eps = m.ldm2(torch.cat([z2, z2]), t, encoder_hidden_states=enc2).sample.float()
-                    eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + float(self.guidance_scale) * (eps_c - eps_u)
+                    eps_r, eps_c = eps.chunk(2)
+                    eps = eps_r + float(self.guidance_scale) * (eps_c - eps_r)
                     # the same noise for a seed whatever the batch: a (seed, horizon) is reproducible
                     noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
                     noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
