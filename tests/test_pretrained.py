@@ -105,3 +105,30 @@ def test_fusion_survival_ranks_fresh_patients(detected):
     risk = model.predict(detected)
     assert np.isfinite(risk).all() and risk.std() > 0
     assert concordance_index(survival_target(detected), risk) >= 0.65
+
+
+def test_futures_cut_at_the_baseline_vertebrae_score_as_the_baseline_does(detected):
+    """A 'future' that is the baseline itself scores as the baseline (the same vertebrae
+    in the same slots); the row aggregation is mean over seeds, max over horizons."""
+    from fracsurv.pretrained.train import DETECTED_CROPS
+    from fracsurv.scoring.futures import scores_at_baseline_vertebrae
+
+    scorer, rows = pretrained.load("pvf-scorer"), detected.head(8)
+    cropper = pretrained.load("vertebra-cropper").set_params(**DETECTED_CROPS)
+    shapes = [im.shape for im in rows["image"]]
+    same = scores_at_baseline_vertebrae(cropper, scorer, [[im] for im in rows["image"]],
+                                        list(rows["vertebrae"]), shapes)
+    np.testing.assert_allclose(same, scorer.score_cells(rows)[0], atol=1e-5)
+    blank = np.zeros_like(rows["image"].iloc[0])
+    per_image = scores_at_baseline_vertebrae(cropper, scorer, [[blank]] * len(rows),
+                                             list(rows["vertebrae"]), shapes)
+    cells = [[im, blank, im[::-1].copy(), blank] for im in rows["image"]]  # 2 horizons x 2 seeds
+    agg = scores_at_baseline_vertebrae(cropper, scorer, cells, list(rows["vertebrae"]), shapes,
+                                       n_seeds=2)
+    flipped = scores_at_baseline_vertebrae(
+        cropper, scorer, [[im[::-1].copy()] for im in rows["image"]], list(rows["vertebrae"]),
+        shapes)
+    expect = np.maximum((same + per_image) / 2, (flipped + per_image) / 2)
+    np.testing.assert_allclose(agg, expect, atol=1e-5)
+    with pytest.raises(ValueError, match="differ in length"):
+        scores_at_baseline_vertebrae(cropper, scorer, cells, list(rows["vertebrae"])[:2], shapes)

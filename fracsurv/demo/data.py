@@ -6,7 +6,6 @@ columns, fitted components and report sections.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,9 @@ from fracsurv.demo.context import DemoContext, clinical_columns
 from fracsurv.generative import DIFFX_PRESETS, DiffXGenerator
 from fracsurv.io import DicomLoader, load_image
 from fracsurv.io.preprocess import equalize_clahe
-from fracsurv.nn.data import antialiased_resize
 from fracsurv.pretrained.train import DETECTED_CROPS
 from fracsurv.scoring import PVFScorer
+from fracsurv.scoring.futures import scores_at_baseline_vertebrae
 from fracsurv.stratify import RiskGrouper
 from fracsurv.vertebrae import VertebraCropper
 from fracsurv.vertebrae.evaluation import detection_summary
@@ -212,32 +211,13 @@ def to_scorer_domain(ctx: DemoContext, images: list[np.ndarray]) -> list[np.ndar
 
 def future_crop_scores(ctx: DemoContext, frame: pd.DataFrame, n_seeds: int,
                        chunk: int = 64) -> np.ndarray:
-    """GpVF: the crop pVF scorer on the generated futures, cut at the baseline's vertebrae.
-
-    DiffX keeps the baseline's geometry (image-to-image from a partly noised
-    baseline), so each generated image is resized to the baseline's shape and
-    cropped where the cropper found the vertebrae on the baseline: the same
-    vertebrae fill the same slots, in the scorer's input domain
-    (:func:`to_scorer_domain`).
-    Scored ``chunk`` rows at a time, so the crop
-    stacks of all futures are never held at once; the study's aggregation (mean
-    over seeds, max over horizons) applies.
-    """
-    cropper, scorer = ctx.fitted["VertebraCropper"], ctx.fitted["PVFScorer"]
-    gscorer = copy.deepcopy(scorer).set_params(image_column="future_crops", n_seeds=n_seeds)
-    out = []
-    for start in range(0, len(frame), chunk):
-        part = frame.iloc[start:start + chunk]
-        stacks = []
-        for base, futures, verts in zip(part["image"], part["future_images"], part["vertebrae"],
-                                        strict=True):
-            shape = load_image(base).shape
-            big = to_scorer_domain(ctx, antialiased_resize([load_image(f) for f in futures],
-                                                           shape))
-            stacks.append([cropper.crops_at(im, verts) for im in big])
-        out.append(gscorer.score_cells(pd.DataFrame({"future_crops": stacks},
-                                                    index=part.index))[0])
-    return np.concatenate(out) if out else np.zeros(0)
+    """GpVF: the crop pVF scorer on the generated futures, cut at the baseline's vertebrae
+    (:func:`fracsurv.scoring.futures.scores_at_baseline_vertebrae`), in the scorer's
+    input domain (:func:`to_scorer_domain`); mean over seeds, max over horizons."""
+    return scores_at_baseline_vertebrae(
+        ctx.fitted["VertebraCropper"], ctx.fitted["PVFScorer"], list(frame["future_images"]),
+        list(frame["vertebrae"]), [load_image(b).shape for b in frame["image"]],
+        n_seeds=n_seeds, preprocess=lambda ims: to_scorer_domain(ctx, ims), chunk=chunk)
 
 
 #: DDIM steps of the shipped generator in the demo (see :func:`_generator`).
