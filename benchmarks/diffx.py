@@ -1,39 +1,52 @@
 """DiffXGenerator on cohorts it never saw: reconstruction, ageing, fractures, prognosis, speed.
 
-Two stages, so that sampling settings are chosen on validation data only and the
-evaluation cohorts are touched once:
+Three stages, so that the judges and the sampling settings are chosen on training and
+validation data only and the evaluation cohorts are touched once:
 
+``--stage judges``
+    Trains the age probe (``fracsurv.metrics.images.CNNProbe``) on *real* images of
+    the generator's training cohort (seed 3501), once per blur augmentation in
+    ``--blur``, and picks one on the validation cohort (seed 3502) by ``JUDGE_RULE``;
+    writes ``diffx_<preset>_judges.json``.
 ``--stage tune``
-    Grid over ``strength`` x ``guidance_scale`` x ``tau_f`` on the validation cohort (seed
-    3002); writes ``diffx_<preset>_tuning.json`` with every setting's numbers and
-    the one chosen by ``RULE`` (highest age R^2 + follow-up pVF r among settings whose
-    follow-up MS-SSIM reaches the 0.80 target and, if any do, is within 0.02 of the
-    copy-the-baseline control).
+    Grid over ``strength`` x ``guidance_scale`` x ``guidance_reference`` x ``tau_f`` x
+    ``detail_transfer`` on
+    the validation cohort; writes ``diffx_<preset>_tuning.json`` with every setting's
+    numbers and the one chosen by ``RULE``.
 ``--stage evaluate``
-    The chosen setting, once, on fresh cohorts: 100 patients (seed 3101) for the
-    image metrics and 2,000 patients (seed 3201) for the prognostic test; writes
+    The chosen setting, once, on fresh cohorts: 100 patients (seed 3511) for the
+    image metrics and 2,000 patients (seed 3521) for the prognostic test; writes
     ``diffx_<preset>.json``.
 
 Peers in the same run: the no-injection ablation (the study's single LDM) and the
 copy-the-baseline control (every "generated" image is the baseline itself).
 
-Measures (all at the generator's working resolution; real images are rendered at
-``--render-shape`` and downsampled as the generator's training images were):
+The judges, as a user meets the generator in ``fracsurv demo``:
 
-* autoencoder alone and LDM-1 (inversion + reconstruction): MS-SSIM, PSNR;
-* generated at the real follow-up's age vs the real follow-up: MS-SSIM, PSNR;
-* age: a CNN regressor (``fracsurv.metrics.images.CNNProbe``) trained on real
-  images of the generator's training cohort (seed 3001); R^2 on real held-out
-  follow-ups, and between prompted and predicted age on generated images;
-* fracture progression: a ``PVFScorer`` trained on real training-cohort images;
-  pVF of the image generated at the follow-up age (mean over seeds) vs pVF of the
-  real follow-up: Pearson r, Bland-Altman;
-* prognosis: Cox clinical + BpVF vs clinical + BpVF + GpVF (10-year image, mean
-  over seeds): likelihood-ratio test on all 2,000 patients, and test C-index in a
-  2-fold split; the truth's C-index (true log-hazard) as the ceiling;
-* speed: 4 horizons x 10 seeds for one patient (inversion included), median of 5.
+* **fractures**: the shipped ``vertebra-cropper`` finds the vertebrae on the real
+  baseline (rendered at ``--render-shape``, the demo's 512 x 256, with the demo
+  loader's CLAHE), and the shipped crop ``pvf-scorer`` scores the crops of any image
+  of that patient cut there (:func:`fracsurv.scoring.futures.scores_at_baseline_vertebrae`).
+  The real follow-up is cut at the vertebrae found on it (it was positioned anew and
+  the spine has aged; cut at the baseline's, its crops miss the vertebrae). Generated
+  images and real follow-ups alike go through the generator's resolution and are
+  resized back, so both lose the same detail. BpVF is the scorer on the real
+  baseline at full resolution, as in the demo.
+* **age**: the probe reads images at the generator's resolution.
 
-Run: ``python benchmarks/diffx.py --stage tune`` then ``--stage evaluate``.
+Measures: autoencoder alone and LDM-1 (inversion + reconstruction) MS-SSIM and PSNR;
+the image generated at the real follow-up's age vs the real follow-up (MS-SSIM,
+PSNR); age R^2 between prompted and predicted age on every generated image (and the
+probe's R^2 on real held-out follow-ups and on autoencoder reconstructions, its
+ceilings); pVF of the image generated at the follow-up age (mean over seeds) vs pVF
+of the real follow-up (Pearson r, Bland-Altman); prognosis: Cox clinical + BpVF vs
+clinical + BpVF + GpVF (10-year image, mean over seeds), likelihood-ratio test on
+all 2,000 patients and test C-index in a 2-fold split, for the generator and for
+the copy control, with the truth's C-index (true log-hazard) as the ceiling; speed:
+4 horizons x 10 seeds for one patient (inversion included), median of 5.
+
+Run: ``python benchmarks/diffx.py --stage judges``, then ``--stage tune``, then
+``--stage evaluate``.
 """
 
 from __future__ import annotations
@@ -50,28 +63,32 @@ import torch
 from _common import RESULTS, write_json
 
 HORIZONS = [1.0, 5.0, 10.0]
-SEEDS = {"train": 3001, "validation": 3002, "evaluation": 3101, "prognosis": 3201}
-CACHE = Path(__file__).resolve().parent / ".cache" / "diffx-scorers"
-# Blur augmentation of the age probe, chosen on the validation cohort (seed 3002)
-# among {0, 1, 2} px: R^2 on real images 0.767 / 0.738 / 0.757, on the autoencoder's
-# reconstructions of the same images -0.247 / 0.541 / 0.637 (the unblurred probe read
-# sharpness as youth: -7.5 years on reconstructions with MS-SSIM 0.99).
-AGE_PROBE_BLUR = 2.0
-AGE_PROBE_SELECTION = {"blur_sigma_px": [0, 1, 2], "validation_real_r2": [0.767, 0.738, 0.757],
-                       "validation_autoencoder_r2": [-0.247, 0.541, 0.637]}
+SEEDS = {"train": 3501, "validation": 3502, "evaluation": 3511, "judge_ageing": 3512,
+         "prognosis": 3521}
+CACHE = Path(__file__).resolve().parent / ".cache" / "diffx-judges"
+PROBE_EPOCHS = 15
+JUDGE_RULE = ("max R^2 on the autoencoder's reconstructions of real validation images among "
+              "probes whose R^2 on the real images is >= 0.75; if none, max real R^2")
+RULE = ("max age_r2 + followup_pvf_r among settings with followup MS-SSIM >= "
+        "max(0.80, copy - 0.02); if none, among those >= 0.80; if none, max MS-SSIM")
 
 
 # -- data -------------------------------------------------------------------
 def _cohort(n: int, seed: str, render: tuple[int, int], shape: tuple[int, int],
             followups: int = 1) -> Any:
+    """A cohort rendered at ``render``; ``image``/``followup_image`` resized to the
+    generator's ``shape`` (as its training images were), ``image_full`` kept."""
     from fracsurv.datasets import make_spine_cohort
     from fracsurv.nn.data import antialiased_resize
 
     b = make_spine_cohort(n, image_shape=render, random_state=SEEDS[seed], dicom=False,
                           n_followups=followups, n_jobs=2)
-    cols = ["image", "followup_image"] if followups else ["image"]
-    for c in cols:
-        b.frame[c] = list(antialiased_resize(list(b.frame[c]), shape))
+    f = b.frame
+    f["image_full"] = f["image"]
+    f["image"] = list(antialiased_resize(list(f["image_full"]), shape))
+    if followups:
+        f["followup_full"] = f["followup_image"]
+        f["followup_image"] = list(antialiased_resize(list(f["followup_full"]), shape))
     return b
 
 
@@ -86,38 +103,82 @@ def _quality(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
             "psnr_db": float(PSNRMetric(max_val=1.0)(ta, tb).mean())}
 
 
-# -- scorers trained on real training-cohort images only ----------------------
-def _scorers(render: tuple[int, int], shape: tuple[int, int], n_train: int) -> tuple[Any, Any]:
-    """(age regressor: images -> years, PVFScorer), trained once on seed 3001 and cached."""
+def _autoencoded(gen: Any, images: np.ndarray) -> np.ndarray:
+    """The generator's autoencoder reconstructions of images in [0, 1]."""
+    with torch.inference_mode():
+        x = torch.from_numpy(np.asarray(images, np.float32))[:, None] * 2 - 1
+        out = torch.cat([gen.module_.decode(gen.module_.encode(x[i:i + 32]))
+                         for i in range(0, len(x), 32)])
+    return ((out.clamp(-1, 1) + 1) / 2)[:, 0].numpy()
+
+
+# -- the judges ------------------------------------------------------------------
+def _probe_file(shape: tuple[int, int], n_train: int, blur: float) -> Path:
+    return CACHE / f"age-{shape[0]}x{shape[1]}-n{n_train}-e{PROBE_EPOCHS}-blur{blur:g}.safetensors"
+
+
+def _age_probe(train: Any, shape: tuple[int, int], n_train: int, blur: float) -> Any:
+    """The age probe with blur augmentation ``blur`` px, trained on the real baseline and
+    follow-up images of the training cohort (cached)."""
     from fracsurv.metrics.images import CNNProbe
-    from fracsurv.scoring import PVFScorer
 
-    key = CACHE / f"{n_train}-{shape[0]}x{shape[1]}"
-    pvf_dir = key / "pvf"
-    train = None
-    if not (pvf_dir / "config.json").is_file():
-        train = _cohort(n_train, "train", render, shape)
-        pvf = PVFScorer(backbone="resnet10-tiny", input_shape=shape, max_epochs=20,
-                        batch_size=32, lr=3e-3, augment=True, validation_fraction=0.0,
-                        device="cpu", random_state=0).fit(train.frame)
-        pvf.save(pvf_dir)
-    pvf = PVFScorer.load(pvf_dir)
+    path = _probe_file(shape, n_train, blur)
+    if path.is_file():
+        return CNNProbe.load(path)
+    f = train().frame
+    t0 = time.perf_counter()
+    probe = CNNProbe(epochs=PROBE_EPOCHS, blur_sigma=blur, random_state=0).fit(
+        list(f["image"]) + list(f["followup_image"]),
+        np.r_[f["age"].to_numpy(float), f["followup_age"].to_numpy(float)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probe.save(path)
+    print(f"age probe blur {blur:g}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    return probe
 
-    probe_file = key / f"age_probe_blur{AGE_PROBE_BLUR:g}.safetensors"
-    if probe_file.is_file():
-        probe = CNNProbe.load(probe_file)
-    else:
-        train = train or _cohort(n_train, "train", render, shape)
-        f = train.frame
-        probe = CNNProbe(epochs=30, blur_sigma=AGE_PROBE_BLUR, random_state=0).fit(
-            list(f["image"]) + list(f["followup_image"]),
-            np.r_[f["age"].to_numpy(float), f["followup_age"].to_numpy(float)])
-        probe.save(probe_file)
 
-    def age_model(images: list[np.ndarray]) -> np.ndarray:
-        return probe.predict(images)
+class Judges:
+    """The fracture judge of ``fracsurv demo`` (shipped cropper + crop pVF scorer, the demo
+    loader's CLAHE) and an age probe."""
 
-    return age_model, pvf
+    def __init__(self, probe: Any) -> None:
+        from fracsurv import pretrained
+        from fracsurv.io import DicomLoader
+        from fracsurv.pretrained.train import DETECTED_CROPS
+
+        self.probe = probe
+        self.cropper = pretrained.load("vertebra-cropper").set_params(**DETECTED_CROPS)
+        self.scorer = pretrained.load("pvf-scorer")
+        loader = DicomLoader(clahe_backend="skimage")  # the demo's loader settings
+        self.clahe_args = (loader.clahe_clip_limit, loader.clahe_kernel_size, "skimage")
+
+    def clahe(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        from fracsurv.io.preprocess import equalize_clahe
+
+        return [equalize_clahe(im, *self.clahe_args).astype(np.float32) for im in images]
+
+    def baselines(self, frame: Any, column: str = "image_full") -> tuple[list[Any], np.ndarray]:
+        """(vertebrae found on each full-resolution image of ``column``, pVF of its crops)."""
+        import pandas as pd
+
+        verts, bpvf = [], []
+        for lo in range(0, len(frame), 200):
+            part = pd.DataFrame({"image": self.clahe(list(frame[column].iloc[lo:lo + 200]))})
+            out = self.cropper.transform(part)
+            verts += list(out["vertebrae"])
+            bpvf.append(self.scorer.score_cells(out)[0])
+        return verts, np.concatenate(bpvf)
+
+    def pvf(self, cells: list[Any], verts: list[Any], full_shape: tuple[int, int],
+            n_seeds: int) -> np.ndarray:
+        """Crop pVF of each row's images (mean over seeds, max over horizons)."""
+        from fracsurv.scoring.futures import scores_at_baseline_vertebrae
+
+        return scores_at_baseline_vertebrae(self.cropper, self.scorer, cells, verts,
+                                            [full_shape] * len(cells), n_seeds=n_seeds,
+                                            preprocess=self.clahe)
+
+    def age(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.probe.predict(images)
 
 
 # -- generation for every method -------------------------------------------------
@@ -137,28 +198,32 @@ def _generate(gen: Any, frame: Any, horizons: list[list[float]], seeds: int,
     return np.concatenate(out)
 
 
-def _image_metrics(gen: Any, frame: Any, seeds: int, methods: list[str], age_model: Any,
-                   pvf: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _image_metrics(gen: Any, frame: Any, seeds: int, methods: list[str], judges: Judges,
+                   verts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Follow-up fidelity, age and fracture agreement of each method on ``frame``."""
     from sklearn.metrics import r2_score
 
     from fracsurv.stratify.agreement import agreement
 
+    full = np.asarray(frame["image_full"].iloc[0]).shape
     base_age = frame["age"].to_numpy(float)
     last = np.maximum(frame["followup_age"].to_numpy(float) - base_age, 0.0)
     horizons = [[*HORIZONS, float(h)] for h in last]
     prompted = np.asarray([[a + h for h in hs] for a, hs in zip(base_age, horizons, strict=True)])
     real_fu = np.stack(list(frame["followup_image"]))
-    fu_pvf = pvf.image_scores(list(real_fu))
+    # the real follow-up is cut at its own detected vertebrae: the patient was positioned
+    # anew and the spine has aged, so the baseline's vertebrae no longer fit it
+    fu_verts, _ = judges.baselines(frame, "followup_full")
+    fu_pvf = judges.pvf([[im] for im in real_fu], fu_verts, full, 1)
     res, arrays = {}, {}
     for method in methods:
         arr = _generate(gen, frame, horizons, seeds, method)
         arrays[method] = arr
         n, nh, ns, h, w = arr.shape
-        at_fu = arr[:, -1].reshape(-1, h, w)
-        q = _quality(at_fu, np.repeat(real_fu, ns, axis=0))
-        pred_age = age_model(list(arr.reshape(-1, h, w))).reshape(n, nh, ns)
-        gen_pvf = pvf.image_scores(list(at_fu)).reshape(n, ns).mean(axis=1)
+        at_fu = arr[:, -1]
+        q = _quality(at_fu.reshape(-1, h, w), np.repeat(real_fu, ns, axis=0))
+        pred_age = judges.age(list(arr.reshape(-1, h, w))).reshape(n, nh, ns)
+        gen_pvf = judges.pvf(list(at_fu), verts, full, ns)
         ag = agreement(gen_pvf, fu_pvf)
         res[method] = {
             "followup_ms_ssim": q["ms_ssim"], "followup_psnr_db": q["psnr_db"],
@@ -168,14 +233,13 @@ def _image_metrics(gen: Any, frame: Any, seeds: int, methods: list[str], age_mod
                 np.repeat(prompted[:, j, None], ns, 1).ravel(), pred_age[:, j].ravel()))
                 for j, hz in enumerate([*HORIZONS, "last"])},
             "mean_predicted_minus_prompted_age": float((pred_age - prompted[:, :, None]).mean()),
+            "mean_predicted_age_gain_per_horizon": {
+                str(hz): float((pred_age[:, j] - pred_age[:, 0:1].mean(axis=2)).mean())
+                for j, hz in enumerate([*HORIZONS, "last"])},
             "followup_pvf_r": ag["r"], "followup_pvf_bias": ag["mean_difference"],
             "followup_pvf_sd_diff": ag["sd_difference"],
         }
     return res, arrays
-
-
-RULE = ("max age_r2 + followup_pvf_r among settings with followup MS-SSIM >= "
-        "max(0.80, copy - 0.02); if none, among those >= 0.80; if none, max MS-SSIM")
 
 
 def _select(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,49 +255,89 @@ def _select(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- prognosis -------------------------------------------------------------------
-def _prognosis(gen: Any, cohort: Any, pvf: Any, seeds: int) -> dict[str, Any]:
-    """Cox clinical + BpVF (+ GpVF): LR test on all patients, 2-fold test C-index."""
+def _prognosis(gen: Any, cohort: Any, judges: Judges, seeds: int) -> dict[str, Any]:
+    """Cox clinical + BpVF (+ GpVF of the generator, or of the copy control): LR test on
+    all patients, 2-fold test C-index."""
     import pandas as pd
     from lifelines import CoxPHFitter
     from scipy.stats import chi2
     from sksurv.metrics import concordance_index_censored
 
     f = cohort.frame
-    bpvf = pvf.image_scores(list(f["image"]))
+    full = np.asarray(f["image_full"].iloc[0]).shape
+    t0 = time.perf_counter()
+    verts, bpvf = judges.baselines(f)
+    t_detect = time.perf_counter() - t0
     arr = _generate(gen, f, [[10.0]] * len(f), seeds, "diffx")
-    n, _, ns, h, w = arr.shape
-    gpvf = pvf.image_scores(list(arr.reshape(-1, h, w))).reshape(n, ns).mean(axis=1)
+    t_gen = time.perf_counter() - t0 - t_detect
+    gpvf = {"diffx": judges.pvf(list(arr[:, 0]), verts, full, arr.shape[2]),
+            "copy": judges.pvf([[im] for im in f["image"]], verts, full, 1)}
     y = cohort.target
     df = pd.DataFrame({c: f[c].astype(float) for c in cohort.clinical_columns
                        if c in f and pd.api.types.is_numeric_dtype(f[c])})
     df = df.loc[:, df.std() > 0]
-    df["bpvf"], df["gpvf"] = bpvf, gpvf
+    df["bpvf"] = bpvf
     df["T"], df["E"] = y["time"], y["event"].astype(int)
-    reduced = [c for c in df.columns if c not in ("gpvf", "T", "E")]
+    reduced = [c for c in df.columns if c not in ("T", "E")]
 
-    def fit(cols: list[str], rows: np.ndarray) -> Any:
-        return CoxPHFitter(penalizer=0.01).fit(df.loc[rows, [*cols, "T", "E"]], "T", "E")
+    def fit(frame: Any, cols: list[str], rows: np.ndarray) -> Any:
+        return CoxPHFitter(penalizer=0.01).fit(frame.loc[rows, [*cols, "T", "E"]], "T", "E")
 
+    n = len(f)
     everyone = np.arange(n)
-    full_m, red_m = fit([*reduced, "gpvf"], everyone), fit(reduced, everyone)
-    lr = 2 * (full_m.log_likelihood_ - red_m.log_likelihood_)
     folds = np.random.default_rng(0).permutation(n) % 2
-    cidx: dict[str, list[float]] = {"clinical_bpvf": [], "clinical_bpvf_gpvf": [], "truth": []}
-    for k in (0, 1):
-        tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        ev, t = y["event"][te], y["time"][te]
-        for name, cols in (("clinical_bpvf", reduced), ("clinical_bpvf_gpvf", [*reduced, "gpvf"])):
-            risk = fit(cols, tr).predict_partial_hazard(df.loc[te, cols]).to_numpy()
-            cidx[name].append(float(concordance_index_censored(ev, t, risk)[0]))
-        cidx["truth"].append(float(concordance_index_censored(
-            ev, t, cohort.truth.log_hazard[te])[0]))
-    return {"n_patients": n, "n_events": int(y["event"].sum()), "gpvf_seeds": ns,
-            "covariates_reduced": reduced, "lr_statistic": float(lr),
-            "lr_p": float(chi2.sf(lr, 1)), "gpvf_hazard_ratio_per_unit": float(
-                np.exp(full_m.params_["gpvf"])),
-            "bpvf_gpvf_r": float(np.corrcoef(bpvf, gpvf)[0, 1]),
-            "test_c_index_per_fold": cidx,
-            "test_c_index_mean": {k: float(np.mean(v)) for k, v in cidx.items()}}
+    out: dict[str, Any] = {"n_patients": n, "n_events": int(y["event"].sum()),
+                           "gpvf_seeds": int(arr.shape[2]), "covariates_reduced": reduced,
+                           "seconds": {"detect_and_bpvf": t_detect, "generate": t_gen}}
+    truth = [float(concordance_index_censored(y["event"][folds == k], y["time"][folds == k],
+                                              cohort.truth.log_hazard[folds == k])[0])
+             for k in (0, 1)]
+    out["truth_c_index_per_fold"] = truth
+    for method, g in gpvf.items():
+        d = df.assign(gpvf=g)
+        full_m, red_m = fit(d, [*reduced, "gpvf"], everyone), fit(d, reduced, everyone)
+        lr = 2 * (full_m.log_likelihood_ - red_m.log_likelihood_)
+        cidx: dict[str, list[float]] = {"clinical_bpvf": [], "clinical_bpvf_gpvf": []}
+        for k in (0, 1):
+            tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+            for name, cols in (("clinical_bpvf", reduced),
+                               ("clinical_bpvf_gpvf", [*reduced, "gpvf"])):
+                risk = fit(d, cols, tr).predict_partial_hazard(d.loc[te, cols]).to_numpy()
+                cidx[name].append(float(concordance_index_censored(
+                    y["event"][te], y["time"][te], risk)[0]))
+        out[method] = {"lr_statistic": float(lr), "lr_p": float(chi2.sf(lr, 1)),
+                       "gpvf_hazard_ratio_per_unit": float(np.exp(full_m.params_["gpvf"])),
+                       "bpvf_gpvf_r": float(np.corrcoef(bpvf, g)[0, 1]),
+                       "gpvf_mean": float(np.mean(g)), "bpvf_mean": float(np.mean(bpvf)),
+                       "test_c_index_per_fold": cidx,
+                       "test_c_index_mean": {k: float(np.mean(v)) for k, v in cidx.items()}}
+    return out
+
+
+def _judge_sees_ageing(judges: Judges, render: tuple[int, int], shape: tuple[int, int],
+                       n: int) -> dict[str, Any]:
+    """How much of a patient's own ageing the age probe sees on real images: predicted age
+    gain from the baseline to each of three real follow-ups (1-12 years later) against
+    the years elapsed (slope through the origin; 1 = all of it). The generator's images
+    cannot be judged older than the probe sees real patients grow."""
+    from fracsurv.datasets import make_spine_cohort
+    from fracsurv.nn.data import antialiased_resize
+
+    b = make_spine_cohort(n, image_shape=render, random_state=SEEDS["judge_ageing"],
+                          dicom=False, n_followups=3, n_jobs=2)
+    base = judges.age(list(antialiased_resize(list(b.frame["image"]), shape)))
+    fu = b.followups
+    pred = judges.age(list(antialiased_resize(list(fu["image"]), shape)))
+    pos = b.frame.reset_index(drop=True).reset_index().set_index("patient_id")["index"]
+    gain = pred - base[pos.loc[fu["patient_id"]].to_numpy()]
+    years = fu["years"].to_numpy(float)
+    return {"n_patients": n, "n_followups": len(fu), "years_mean": float(years.mean()),
+            "years_range": [float(years.min()), float(years.max())],
+            "slope_predicted_gain_per_year": float((gain * years).sum() / (years ** 2).sum()),
+            "mean_predicted_gain": float(gain.mean()),
+            "per_visit": {int(v): {"years_mean": float(years[fu["visit"] == v].mean()),
+                                   "predicted_gain_mean": float(gain[fu["visit"] == v].mean())}
+                          for v in sorted(fu["visit"].unique())}}
 
 
 def _speed(gen: Any, frame: Any) -> dict[str, Any]:
@@ -248,54 +352,105 @@ def _speed(gen: Any, frame: Any) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "note": "first run is warm-up, excluded"}
 
 
-def _contact_sheet(frame: Any, arrays: dict[str, np.ndarray], path: Path, n: int = 6) -> None:
+def _contact_sheet(frame: Any, arrays: dict[str, np.ndarray], path: Path, title: str,
+                   n: int = 6) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arr = arrays["diffx"]
-    cols = ["baseline", "+1 y", "+5 y", "+10 y", "at follow-up age", "real follow-up"]
+    cols = ["baseline", "+1 y", "+5 y", "+10 y", "at follow-up age", "real follow-up",
+            "+10 y - baseline"]
     fig, axes = plt.subplots(n, len(cols), figsize=(1.3 * len(cols), 2.5 * n))
     for i in range(n):
         row = frame.iloc[i]
-        ims = [row["image"], *[arr[i, j, 0] for j in range(4)], row["followup_image"]]
+        diff = arr[i, 2, 0] - np.asarray(row["image"])
+        ims = [row["image"], *[arr[i, j, 0] for j in range(4)], row["followup_image"], diff]
         for j, im in enumerate(ims):
             ax = axes[i, j]
-            ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+            if j == len(cols) - 1:
+                ax.imshow(im, cmap="coolwarm", vmin=-0.15, vmax=0.15)
+            else:
+                ax.imshow(im, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(cols[j], fontsize=7)
         axes[i, 0].set_ylabel(f"{row['age']:.0f} y {row['sex']}\nfollow-up {row['followup_age']:.0f} y",
                               fontsize=7)
-    fig.suptitle("DiffXGenerator (cpu preset), evaluation cohort; seed 0 of each horizon",
-                 fontsize=8)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+# -- stages ------------------------------------------------------------------------
+def _stage_judges(gen: Any, args: Any, shape: tuple[int, int], render: tuple[int, int],
+                  common: dict[str, Any]) -> None:
+    from sklearn.metrics import r2_score
+
+    cached: dict[str, Any] = {}
+
+    def train() -> Any:
+        if "train" not in cached:
+            cached["train"] = _cohort(args.n_judge_train, "train", render, shape)
+        return cached["train"]
+
+    val = _cohort(args.n_validation, "validation", render, shape).frame
+    images = list(val["image"]) + list(val["followup_image"])
+    ages = np.r_[val["age"].to_numpy(float), val["followup_age"].to_numpy(float)]
+    recon = _autoencoded(gen, np.stack(images))
+    rows = []
+    for blur in args.blur:
+        probe = _age_probe(train, shape, args.n_judge_train, blur)
+        rows.append({"blur_sigma_px": blur,
+                     "validation_real_r2": float(r2_score(ages, probe.predict(images))),
+                     "validation_autoencoder_r2": float(r2_score(ages, probe.predict(list(recon))))})
+        print(json.dumps(rows[-1]), flush=True)
+    ok = [r for r in rows if r["validation_real_r2"] >= 0.75]
+    best = max(ok, key=lambda r: r["validation_autoencoder_r2"]) if ok else \
+        max(rows, key=lambda r: r["validation_real_r2"])
+    write_json(f"diffx_{args.preset}_judges", {
+        **common, "split": "validation", "n_patients": len(val), "rule": JUDGE_RULE,
+        "probe": {"epochs": PROBE_EPOCHS, "n_train_patients": args.n_judge_train,
+                  "train_images": "baseline + follow-up of the training cohort"},
+        "grid": rows, "chosen_blur_sigma_px": best["blur_sigma_px"]})
+
+
+def _chosen_probe(args: Any, shape: tuple[int, int]) -> tuple[Any, float]:
+    from fracsurv.metrics.images import CNNProbe
+
+    chosen = json.loads((RESULTS / f"diffx_{args.preset}_judges.json").read_text())
+    blur = float(chosen["chosen_blur_sigma_px"])
+    return CNNProbe.load(_probe_file(shape, args.n_judge_train, blur)), blur
+
+
 def main() -> None:
     from fracsurv.generative import DiffXGenerator
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("tune", "evaluate"), required=True)
+    ap.add_argument("--stage", choices=("judges", "tune", "evaluate"), required=True)
     ap.add_argument("--model", default="benchmarks/models/diffx-cpu",
                     help="trained by train_diffx.py (fp32); the shipped fp16 copy is "
                          "fracsurv/pretrained/models/diffx")
     ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--render-shape", type=int, nargs=2, default=(256, 128))
-    ap.add_argument("--n-scorer-train", type=int, default=1500)
+    ap.add_argument("--render-shape", type=int, nargs=2, default=(512, 256))
+    ap.add_argument("--n-judge-train", type=int, default=3000)
+    ap.add_argument("--blur", type=float, nargs="+", default=(2.0, 4.0),
+                    help="age-probe blur augmentations to choose from (px)")
     ap.add_argument("--n-validation", type=int, default=40)
     ap.add_argument("--n-evaluation", type=int, default=100)
     ap.add_argument("--n-prognosis", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=4, help="generated images per horizon")
-    ap.add_argument("--strengths", type=float, nargs="+", default=(0.5, 0.75, 1.0))
-    ap.add_argument("--guidance", type=float, nargs="+", default=(1.5, 3.0, 5.0))
+    ap.add_argument("--strengths", type=float, nargs="+", default=(0.5, 0.7))
+    ap.add_argument("--guidance", type=float, nargs="+", default=(3.0, 6.0))
+    ap.add_argument("--references", nargs="+", default=("null", "baseline"))
     ap.add_argument("--tau-f", type=float, nargs="+", default=(0.8,),
                     help="feature-injection fractions in the grid (the study's 0.8)")
+    ap.add_argument("--detail-transfer", type=int, nargs="+", default=(0, 1),
+                    help="detail_transfer settings in the grid (0/1)")
     ap.add_argument("--figure", default="docs/images/diffx_contact_sheet.png")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -303,81 +458,105 @@ def main() -> None:
     shape = gen._input_shape()
     gen.set_params(output_shape=shape)
     render = tuple(args.render_shape)
-    t0 = time.perf_counter()
-    age_model, pvf = _scorers(render, shape, args.n_scorer_train)
-    t_scorers = time.perf_counter() - t0
     common = {"model": args.model, "preset": args.preset, "input_shape": list(shape),
               "render_shape": list(render), "cohort_seeds": SEEDS,
               "training": json.loads((Path(args.model) / "training.json").read_text())
-              if (Path(args.model) / "training.json").is_file() else None,
-              "scorers": {"age": "CNNProbe (16,32,64,96), 30 epochs, seed 0, blur_sigma "
-                                 f"{AGE_PROBE_BLUR:g}, on baseline + follow-up images of "
-                                 "the training cohort",
-                          "age_probe_selection": AGE_PROBE_SELECTION,
-                          "pvf": "PVFScorer resnet10-tiny, 20 epochs, augment, seed 0, on "
-                                 "training-cohort baselines", "seconds": t_scorers}}
+              if (Path(args.model) / "training.json").is_file() else None}
+    if args.stage == "judges":
+        _stage_judges(gen, args, shape, render, common)
+        return
+    probe, blur = _chosen_probe(args, shape)
+    judges = Judges(probe)
+    common["judges"] = {
+        "age": f"CNNProbe (16,32,64,96), {PROBE_EPOCHS} epochs, seed 0, blur_sigma {blur:g} "
+               f"(diffx_{args.preset}_judges.json), on baseline + follow-up images of "
+               f"{args.n_judge_train} training-cohort patients at {shape[0]} x {shape[1]}",
+        "pvf": "fracsurv.pretrained vertebra-cropper (detections on the real full-resolution "
+               "baseline, DETECTED_CROPS) + pvf-scorer, skimage CLAHE as the demo's loader"}
     if args.stage == "tune":
         val = _cohort(args.n_validation, "validation", render, shape).frame
+        verts, _ = judges.baselines(val)
+        copy = _image_metrics(gen, val, 1, ["copy"], judges, verts)[0]["copy"]
         rows = []
-        for strength, guidance, tau_f in itertools.product(args.strengths, args.guidance,
-                                                           args.tau_f):
-            gen.set_params(strength=strength, guidance_scale=guidance, tau_f=tau_f)
+        for strength, guidance, reference, tau_f, detail in itertools.product(
+                args.strengths, args.guidance, args.references, args.tau_f,
+                [bool(d) for d in args.detail_transfer]):
+            gen.set_params(strength=strength, guidance_scale=guidance,
+                           guidance_reference=reference, tau_f=tau_f, detail_transfer=detail)
             gen._inversions = {}
             t0 = time.perf_counter()
-            res, _ = _image_metrics(gen, val, 2, ["diffx"], age_model, pvf)
-            copy = _image_metrics(gen, val, 1, ["copy"], age_model, pvf)[0]["copy"] if not rows \
-                else rows[0]["copy"]
-            rows.append({"strength": strength, "guidance_scale": guidance, "tau_f": tau_f,
-                         **res, "copy": copy,
+            res, _ = _image_metrics(gen, val, 2, ["diffx"], judges, verts)
+            rows.append({"strength": strength, "guidance_scale": guidance,
+                         "guidance_reference": reference, "tau_f": tau_f,
+                         "detail_transfer": detail, **res,
                          "copy_ms_ssim": copy["followup_ms_ssim"],
                          "seconds": time.perf_counter() - t0})
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "copy"}), flush=True)
+            print(json.dumps(rows[-1]), flush=True)
         best = _select(rows)
         write_json(f"diffx_{args.preset}_tuning", {
             **common, "split": "validation", "n_patients": args.n_validation,
-            "seeds_per_horizon": 2, "rule": RULE, "grid": rows,
-            "chosen": {k: best[k] for k in ("strength", "guidance_scale", "tau_f")}})
+            "seeds_per_horizon": 2, "rule": RULE, "copy": copy, "grid": rows,
+            "chosen": {k: best[k] for k in ("strength", "guidance_scale", "guidance_reference",
+                                            "tau_f", "detail_transfer")}})
         return
     tuning = json.loads((RESULTS / f"diffx_{args.preset}_tuning.json").read_text())
     gen.set_params(**tuning["chosen"])
+    t0 = time.perf_counter()
     ev = _cohort(args.n_evaluation, "evaluation", render, shape)
     f = ev.frame
     base = np.stack(list(f["image"]))
-    with torch.inference_mode():
-        x = torch.from_numpy(base)[:, None] * 2 - 1
-        ae = torch.cat([gen.module_.decode(gen.module_.encode(x[i:i + 32]))
-                        for i in range(0, len(x), 32)])
-    ae = ((ae.clamp(-1, 1) + 1) / 2)[:, 0].numpy()
+    ae = _autoencoded(gen, base)
     ldm1 = np.stack([gen.reconstruct(r["image"], r["age"], r["sex"]) for _, r in f.iterrows()])
+    verts, bpvf_full = judges.baselines(f)
     res, arrays = _image_metrics(gen, f, args.seeds, ["diffx", "no_injection", "copy"],
-                                 age_model, pvf)
-    from sklearn.metrics import r2_score
+                                 judges, verts)
+    from sklearn.metrics import r2_score, roc_auc_score
 
-    real_age_r2 = float(r2_score(f["followup_age"], age_model(list(f["followup_image"]))))
-    ae_age_r2 = float(r2_score(f["age"], age_model(list(ae))))
-    from sklearn.metrics import roc_auc_score
-
-    pvf_auroc = float(roc_auc_score(f["prevalent_vf"], pvf.image_scores(list(f["image"]))))
+    full = np.asarray(f["image_full"].iloc[0]).shape
+    small_bpvf = judges.pvf([[im] for im in f["image"]], verts, full, 1)
+    ae_bpvf = judges.pvf([[im] for im in ae], verts, full, 1)
+    ldm1_bpvf = judges.pvf([[im] for im in ldm1], verts, full, 1)
+    judge = {
+        "age_r2_on_real_followups": float(r2_score(f["followup_age"],
+                                                   judges.age(list(f["followup_image"])))),
+        "age_r2_on_real_baselines": float(r2_score(f["age"], judges.age(list(f["image"])))),
+        "age_r2_on_autoencoder_reconstructions": float(r2_score(f["age"], judges.age(list(ae)))),
+        "pvf_auroc_on_baselines_full_resolution": float(roc_auc_score(f["prevalent_vf"],
+                                                                      bpvf_full)),
+        "pvf_auroc_on_baselines_at_generator_resolution": float(roc_auc_score(
+            f["prevalent_vf"], small_bpvf)),
+        "pvf_auroc_on_autoencoder_reconstructions": float(roc_auc_score(f["prevalent_vf"],
+                                                                        ae_bpvf)),
+        "pvf_auroc_on_ldm1_reconstructions": float(roc_auc_score(f["prevalent_vf"], ldm1_bpvf)),
+        "pvf_r_baseline_vs_autoencoder_reconstruction": float(np.corrcoef(small_bpvf,
+                                                                          ae_bpvf)[0, 1]),
+        "pvf_mean_baseline_vs_autoencoder_reconstruction": [float(small_bpvf.mean()),
+                                                            float(ae_bpvf.mean())],
+        "n_prevalent_vf_baselines": int(f["prevalent_vf"].sum())}
+    judge["sees_ageing"] = _judge_sees_ageing(judges, render, shape, args.n_evaluation)
+    print(json.dumps(judge), flush=True)
+    t_images = time.perf_counter() - t0
     if args.figure:
-        _contact_sheet(f, arrays, Path(args.figure))
+        _contact_sheet(f, arrays, Path(args.figure),
+                       f"DiffXGenerator ({args.preset} preset, {shape[0]} x {shape[1]}), "
+                       f"evaluation cohort seed {SEEDS['evaluation']}; seed 0 of each horizon")
     speed = _speed(gen, f)
     t0 = time.perf_counter()
     prog = _prognosis(gen, _cohort(args.n_prognosis, "prognosis", render, shape, followups=0),
-                      pvf, args.seeds)
-    prog["seconds"] = time.perf_counter() - t0
+                      judges, args.seeds)
+    prog["seconds"]["total"] = time.perf_counter() - t0
     write_json(f"diffx_{args.preset}", {
         **common, "split": "evaluation (touched once)", "chosen_on_validation": tuning["chosen"],
         "sampling": {k: gen.get_params()[k] for k in (
-            "n_inference_steps", "strength", "guidance_scale", "eta", "tau_f", "tau_attn",
-            "injection_block", "injection_layer", "beta_schedule", "prediction_type")},
+            "n_inference_steps", "strength", "guidance_scale", "guidance_reference",
+            "detail_transfer", "eta",
+            "tau_f", "tau_attn", "injection_block", "injection_layer", "beta_schedule",
+            "prediction_type")},
         "n_patients": len(f), "seeds_per_horizon": args.seeds,
         "autoencoder_reconstruction": _quality(ae, base),
-        "ldm1_reconstruction": _quality(ldm1, base),
-        "age_regressor_r2_on_real_followups": real_age_r2,
-        "age_regressor_r2_on_autoencoder_reconstructions": ae_age_r2,
-        "pvf_scorer_auroc_on_baselines": pvf_auroc,
-        "n_prevalent_vf_baselines": int(f["prevalent_vf"].sum()),
+        "ldm1_reconstruction": _quality(ldm1, base), "judges_on_real_images": judge,
         "results": res, "prognosis": prog, "speed_one_patient_4_horizons_x_10_seeds": speed,
+        "seconds_image_metrics": t_images,
         "study": {"ldm1_ms_ssim": 0.506, "ldm1_psnr_db": 20.7, "age_r2": 0.841,
                   "followup_pvf_r": 0.655, "followup_pvf_bias": -0.06},
         "targets": {"reconstruction_ms_ssim": 0.90, "reconstruction_psnr_db": 28,

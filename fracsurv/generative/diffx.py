@@ -53,9 +53,10 @@ from fracsurv.nn.data import antialiased_resize, load_row_image
 __all__ = ["DIFFX_PRESETS", "DiffXGenerator"]
 
 #: Ready-made sizes. ``"full"`` is the study's scale (needs a GPU); ``"cpu"``
-#: trains in about 41 minutes on 2 cores at 128 x 64 (the shipped
+#: trains in 3 to 4 hours on 2 cores at 256 x 128 (the shipped
 #: ``fracsurv.pretrained.load("diffx")``; its sampling settings were chosen on a
-#: validation cohort); ``"demo"`` is what ``fracsurv demo --retrain`` trains (64 x 32,
+#: validation cohort, benchmarks/results/diffx_cpu_tuning.json); ``"demo"`` is what
+#: ``fracsurv demo --retrain`` trains (64 x 32,
 #: 10-year horizon, 2 seeds); ``"tiny"`` is for tests.
 DIFFX_PRESETS: dict[str, dict[str, Any]] = {
     "full": {"input_shape": (512, 512), "ae_channels": (64, 128, 256, 256),
@@ -65,8 +66,9 @@ DIFFX_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"input_shape": (256, 128), "ae_channels": (32, 64, 64), "ae_patch": 2,
             "latent_channels": 8, "unet_channels": (32, 64, 64), "layers_per_block": 1,
             "cross_attention_dim": 64, "attention_head_dim": 2, "n_inference_steps": 20,
-            "ae_epochs": 6, "ldm_epochs": 60, "ldm1_epochs": 20, "ldm1_init": "ldm2",
-            "batch_size": 32, "lr": 5e-4, "strength": 0.5, "guidance_scale": 5.0},
+            "ae_epochs": 6, "ldm_epochs": 40, "ldm1_epochs": 15, "ldm1_init": "ldm2",
+            "batch_size": 32, "lr": 5e-4, "strength": 0.5, "guidance_scale": 3.0,
+            "detail_transfer": True},
     "demo": {"input_shape": (64, 32), "ae_channels": (16, 32, 32), "unet_channels": (32, 64),
              "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
              "n_inference_steps": 10, "ae_epochs": 6, "ldm_epochs": 12, "batch_size": 32,
@@ -132,6 +134,13 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         in the study) or the baseline's own prompt, so that guidance amplifies only
         what the change of age (and nothing else) changes, and a horizon of 0 years
         gets no push at all (the "negative prompt" of image editing).
+    detail_transfer : bool, default=False
+        Add the baseline's own detail back to every generated image: output =
+        baseline + (generated - the autoencoder's reconstruction of the baseline),
+        at the generator's resolution. The images keep what the autoencoder
+        smooths away (endplates, trabecular texture) and carry only the change the
+        diffusion models make; a future identical to the baseline's reconstruction
+        is the baseline itself.
     eta : float, default=0.5
         DDIM stochasticity of LDM-2: the per-seed noise that makes seeds differ.
     inject : bool, default=True
@@ -207,6 +216,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         "strength": [Interval(Real, 0, 1, closed="right")],
         "guidance_scale": [Interval(Real, 0, None, closed="left")],
         "guidance_reference": [StrOptions({"null", "baseline"})],
+        "detail_transfer": ["boolean"],
         "eta": [Interval(Real, 0, 1, closed="both")],
         "inject": ["boolean"],
         "tau_f": [Interval(Real, 0, 1, closed="both")],
@@ -239,7 +249,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
                  beta_schedule: str = "scaled_linear", prediction_type: str = "v_prediction",
                  snr_gamma: float | None = 5.0, ema_decay: float = 0.999, strength: float = 1.0,
                  guidance_scale: float = 4.0, guidance_reference: str = "null",
-                 eta: float = 0.5, inject: bool = True,
+                 detail_transfer: bool = False, eta: float = 0.5, inject: bool = True,
                  tau_f: float = 0.8, tau_attn: float = 0.5, injection_block: int = 1,
                  injection_layer: int = 1, ae_epochs: int = 100, ldm_epochs: int = 300,
                  ldm1_epochs: int | None = None, ldm1_init: str = "ldm2",
@@ -275,6 +285,7 @@ class DiffXGenerator(DiffXSamplingMixin, DiffXTrainingMixin, FrameTransformerMix
         self.strength = strength
         self.guidance_scale = guidance_scale
         self.guidance_reference = guidance_reference
+        self.detail_transfer = detail_transfer
         self.eta = eta
         self.inject = inject
         self.tau_f = tau_f

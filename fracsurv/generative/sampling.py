@@ -123,12 +123,21 @@ class DiffXSamplingMixin:
                     noise = torch.stack([torch.randn(z2.shape[1:], generator=g) for g in gens])
                     noise = noise.repeat(len(imgs) * n_h, 1, 1, 1).to(device)
                     z2 = ddim.step(eps, t, z2, eta=float(self.eta), variance_noise=noise).prev_sample
-            # 5. decode in chunks, resize to the output shape
+            # 5. decode in chunks (+ the baseline's detail the autoencoder loses), resize
             x = torch.cat([m.decode(z2[j:j + 64]).float() for j in range(0, len(z2), 64)])
+            if self.detail_transfer:
+                x = x + self._lost_detail(imgs).repeat_interleave(k, dim=0)
         x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
         arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
                                                                  *out_shape)
         return (arr, injector) if return_injector else arr
+
+    def _lost_detail(self, imgs: list[np.ndarray]) -> torch.Tensor:
+        """Baseline minus its autoencoder reconstruction, in the model's [-1, 1] range."""
+        m, device = self.module_, self._device()
+        x = torch.cat([self._prep(im) for im in imgs]).to(device)
+        rec = torch.cat([m.decode(m.encode(x[j:j + 64])).float() for j in range(0, len(x), 64)])
+        return x.float() - rec
 
     def _check_batch(self, imgs: list[np.ndarray], horizons: Sequence[Sequence[float]]
                      ) -> tuple[tuple[int, int], int]:

@@ -42,7 +42,8 @@ from fracsurv.nn.resume import note
 __all__ = ["DiffXTrainingMixin"]
 
 #: Parameters that only change sampling, not the trained weights.
-_SAMPLING_PARAMS = ("n_inference_steps", "strength", "guidance_scale", "guidance_reference", "eta",
+_SAMPLING_PARAMS = ("n_inference_steps", "strength", "guidance_scale", "guidance_reference",
+                    "detail_transfer", "eta",
                     "inject", "tau_f", "tau_attn", "injection_block", "injection_layer")
 #: Parameters that change nothing trained.
 _RUNTIME = ("verbose", "device", "cache_dir", "checkpoint_dir", "generation_batch_size",

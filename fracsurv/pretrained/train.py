@@ -46,7 +46,7 @@ MODEL_NAMES = ("vertebra-cropper", "pvf-scorer", "diffx", "fusion-survival")
 #: Cohort seeds: (training, held-out) per model. None of them serves anything else.
 #: vertebra-cropper and diffx keep the seeds of the benchmark runs that trained the
 #: shipped weights (benchmarks/vertebra_cropper.py, benchmarks/train_diffx.py).
-SEEDS = {"vertebra-cropper": (0, 8), "pvf-scorer": (6101, 6102), "diffx": (3001, 3101),
+SEEDS = {"vertebra-cropper": (0, 8), "pvf-scorer": (6101, 6102), "diffx": (3501, 3511),
          "fusion-survival": (6201, 6202)}
 
 #: How the cropper cuts the stacks the pvf-scorer and fusion-survival read: every
@@ -82,8 +82,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "vertebra-cropper": {"n": 480, "n_eval": 120, "shape": (1024, 512), "params": _CROPPER},
         "pvf-scorer": {"n": 2000, "n_eval": 300, "shape": (512, 256), "dicom": True,
                        "params": _PVF},
-        "diffx": {"n": 1500, "n_eval": 40, "shape": (256, 128), "preset": "cpu",
-                  "params": {"strength": 0.5, "guidance_scale": 5.0, "tau_f": 0.8}},
+        # sampling settings: the preset's, chosen on validation cohort 3502
+        # (benchmarks/results/diffx_cpu_tuning.json)
+        "diffx": {"n": 3000, "n_eval": 40, "shape": (512, 256), "preset": "cpu", "params": {}},
         "fusion-survival": {"n": 1500, "n_eval": 1000, "shape": (512, 256), "dicom": True,
                             "params": _FUSION},
     },
@@ -440,7 +441,8 @@ def _card(run: _Run, name: str, est: Any, metrics: dict[str, Any], wall: float) 
     followups = 1 if name == "diffx" else 0
     spec = run.spec(name)
     epochs = {k: v for k, v in est.get_params(deep=False).items()
-              if k in ("max_epochs", "stage2_epochs", "ae_epochs", "ldm_epochs")}
+              if k in ("max_epochs", "stage2_epochs", "ae_epochs", "ldm_epochs",
+                       "ldm1_epochs")}
     return {
         "task": _TASKS[name],
         "training": {"cohort": run.cohort_text(name, "train", followups),
