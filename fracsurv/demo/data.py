@@ -223,7 +223,8 @@ def future_crop_scores(ctx: DemoContext, frame: pd.DataFrame, n_seeds: int,
 #: DDIM steps of the shipped generator in the demo (see :func:`_generator`).
 DEMO_DDIM_STEPS = 10
 #: Generated futures per patient and horizon (the study's GpVF is their mean): one
-#: keeps the demo inside its 5-minute budget on 2 cores (two took 243 s for this stage).
+#: keeps the stage at 200 s on 2 cores with the 256 x 128 generator (two seeds took 243 s
+#: with the previous 128 x 64 one, which took 105 s with one).
 DEMO_SEEDS = 1
 
 
