@@ -74,8 +74,11 @@ def _publish_diffx() -> None:
                                f"{shape[0]} x {shape[1]}",
                      "seeds": [train_info["cohort_seed"]],
                      "n_images": train_info["n_train_images"], "epochs": epochs,
-                     "wall_s": sum(train_info["epoch_seconds_by_stage"].values()),
-                     "epoch_seconds_by_stage": train_info["epoch_seconds_by_stage"],
+                     # epoch_seconds_by_stage: added by hand when a run was resumed
+                     # (train_diffx.py's fit_s then covers the last run only)
+                     "wall_s": sum(train_info["epoch_seconds_by_stage"].values())
+                     if "epoch_seconds_by_stage" in train_info else train_info["fit_s"],
+                     "epoch_seconds_by_stage": train_info.get("epoch_seconds_by_stage"),
                      "final_losses": train_info["final_losses"],
                      "machine": "2 CPU cores, x86_64, torch 2.13.0+cpu",
                      "command": "python benchmarks/train_diffx.py",
