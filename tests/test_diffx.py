@@ -185,6 +185,39 @@ def test_batched_patients_equal_one_at_a_time(fitted, cohort):
                                np.stack(b["future_images"].iloc[2]), atol=1e-4)
 
 
+def test_network_chunks_and_shared_first_step_do_not_change_the_images(fitted, cohort,
+                                                                      monkeypatch):
+    """CPU runs the UNet and the decoder on chunks of the batch, and runs the first
+    step once for seeds that still share a latent: the images must be those of the
+    whole-batch, one-seed-at-a-time computation."""
+    from fracsurv.generative import sampling
+
+    img, age = cohort["image"].iloc[1], cohort["age"].iloc[1]
+    monkeypatch.setattr(sampling, "_CPU_UNET_PIXELS", 2 ** 30)
+    monkeypatch.setattr(sampling, "_CPU_DECODE_PIXELS", 2 ** 30)
+    whole = fitted.generate(img, age, "male", [1, 10], seeds=[0, 1, 2])
+    imgs, ages, sexes = list(cohort["image"]), list(cohort["age"]), list(cohort["sex"])
+    each = np.stack([fitted.generate(imgs[p], ages[p], sexes[p], [1.0, 5.0], seeds=[0, 1])
+                     for p in range(3)])
+    alone = np.stack([fitted.generate(img, age, "male", [1, 10], seeds=[s])[:, 0]
+                      for s in range(3)], axis=1)
+    monkeypatch.setattr(sampling, "_CPU_UNET_PIXELS", 1)  # one row per UNet pass
+    monkeypatch.setattr(sampling, "_CPU_DECODE_PIXELS", 1)
+    chunked = fitted.generate(img, age, "male", [1, 10], seeds=[0, 1, 2])
+    # every patient's chunk receives its own patient's injected features
+    np.testing.assert_allclose(fitted.generate_many(imgs, ages, sexes, [[1.0, 5.0]] * 3,
+                                                    seeds=[0, 1]), each, atol=1e-5)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    np.testing.assert_allclose(chunked, alone, atol=1e-5)
+    assert np.abs(chunked[:, 0] - chunked[:, 1]).max() > 1e-3  # the seeds still differ
+    eta0 = clone(fitted).set_params(eta=0.0)
+    eta0.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    det = eta0.generate(img, age, "male", [1, 10], seeds=[0, 1, 2])
+    np.testing.assert_allclose(det[:, 1:], det[:, :1].repeat(2, axis=1), atol=1e-5)
+    np.testing.assert_allclose(det[:, :1], eta0.generate(img, age, "male", [1, 10], seeds=[2]),
+                               atol=1e-5)
+
+
 def _stage_files(run, kind="done"):
     return {p.name.split("-")[0]: p for p in run.glob(f"*.{kind}.pt")}
 

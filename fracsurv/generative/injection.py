@@ -69,7 +69,8 @@ class FeatureInjector:
 
     Use as a context manager (hooks are removed on exit). Call :meth:`record`
     around the source's forward pass, then :meth:`inject` around the target's,
-    once per sampling step.
+    once per sampling step (or once per chunk of the target's batch, naming the
+    source sample of each row with ``rows``).
     """
 
     def __init__(self, source: nn.Module, target: nn.Module, block: int, layer: int,
@@ -79,9 +80,11 @@ class FeatureInjector:
         self.repeats = int(repeats)
         self.store: dict[str, torch.Tensor] = {}
         self.log: list[tuple[int, str]] = []
+        self._logged: set[tuple[int, str]] = set()
         self._mode: str | None = None
         self._active: set[str] = set()
         self._step = -1
+        self._rows: torch.Tensor | None = None
         self._handles: list[Any] = []
 
     def __enter__(self) -> FeatureInjector:
@@ -108,13 +111,20 @@ class FeatureInjector:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
             if self._mode != "inject" or name not in self._active:
                 return None
-            src = self.store[name].repeat_interleave(self.repeats, dim=0)
-            if src.shape[1:] != output.shape[1:] or output.shape[0] % src.shape[0]:
+            src = self.store[name]
+            if self._rows is None:
+                src = src.repeat_interleave(self.repeats, dim=0)
+                if output.shape[0] % src.shape[0] == 0:
+                    src = src.repeat(output.shape[0] // src.shape[0], *([1] * (src.dim() - 1)))
+            else:
+                src = src[self._rows.to(src.device)]
+            if src.shape != output.shape:
                 raise RuntimeError(f"cannot inject {name}: shapes {tuple(src.shape)} and "
                                    f"{tuple(output.shape)} do not match")
-            self.log.append((self._step, name))
-            copies = output.shape[0] // src.shape[0]
-            return src.to(output.dtype).repeat(copies, *([1] * (src.dim() - 1)))
+            if (self._step, name) not in self._logged:
+                self._logged.add((self._step, name))
+                self.log.append((self._step, name))
+            return src.to(output.dtype)
         return hook
 
     @contextlib.contextmanager
@@ -127,12 +137,19 @@ class FeatureInjector:
             self._mode = None
 
     @contextlib.contextmanager
-    def inject(self, step: int, features: bool, attention: bool) -> Iterator[None]:
-        """Replace the target's features and/or attention q, k during this block."""
-        self._mode, self._step = "inject", step
+    def inject(self, step: int, features: bool, attention: bool,
+               rows: torch.Tensor | None = None) -> Iterator[None]:
+        """Replace the target's features and/or attention q, k during this block.
+
+        ``rows`` gives, for each sample of the target's batch in this block, the
+        index of the source sample whose features it receives; without it the
+        batch is ``repeats`` samples per source sample, tiled (classifier-free
+        guidance's two halves). The log keeps one entry per step and module.
+        """
+        self._mode, self._step, self._rows = "inject", step, rows
         self._active = set(self.features if features else ()) | set(
             self.attention if attention else ())
         try:
             yield
         finally:
-            self._mode, self._active = None, set()
+            self._mode, self._active, self._rows = None, set(), None
