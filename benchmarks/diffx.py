@@ -1,6 +1,6 @@
 """DiffXGenerator on cohorts it never saw: reconstruction, ageing, fractures, prognosis, speed.
 
-Three stages, so that the judges and the sampling settings are chosen on training and
+Stages, so that the judges and the sampling settings are chosen on training and
 validation data only and the evaluation cohorts are touched once:
 
 ``--stage judges``
@@ -13,9 +13,13 @@ validation data only and the evaluation cohorts are touched once:
     ``detail_transfer`` on
     the validation cohort; writes ``diffx_<preset>_tuning.json`` with every setting's
     numbers and the one chosen by ``RULE``.
+``--stage steps``
+    DDIM step counts (``--steps``) at the tuned setting on the validation cohort, each
+    with its speed; writes ``diffx_<preset>_steps.json`` with the count chosen by
+    ``STEPS_RULE`` (evaluate uses it when the file exists, with the tuned count as a peer).
 ``--stage evaluate``
-    The chosen setting, once, on fresh cohorts: 100 patients (seed 3511) for the
-    image metrics and 2,000 patients (seed 3521) for the prognostic test; writes
+    The chosen setting, once, on fresh cohorts: 100 patients (seed 3513) for the
+    image metrics and 2,000 patients (seed 3523) for the prognostic test; writes
     ``diffx_<preset>.json``.
 
 Peers in the same run: the no-injection ablation (the study's single LDM) and the
@@ -43,10 +47,14 @@ of the real follow-up (Pearson r, Bland-Altman); prognosis: Cox clinical + BpVF 
 clinical + BpVF + GpVF (10-year image, mean over seeds), likelihood-ratio test on
 all 2,000 patients and test C-index in a 2-fold split, for the generator and for
 the copy control, with the truth's C-index (true log-hazard) as the ceiling; speed:
-4 horizons x 10 seeds for one patient (inversion included), median of 5.
+4 horizons x 10 seeds for one patient (inversion included), median of 5, in fp32
+(the default on CPU) beside whole-batch networks and bf16 autocast.
 
 Run: ``python benchmarks/diffx.py --stage judges``, then ``--stage tune``, then
-``--stage evaluate``.
+``--stage steps``, then ``--stage evaluate``. ``--stage prognosis --prognosis-steps N``
+repeats the prognostic test alone at another step count (a diagnostic peer, after
+evaluate); ``--stage speed`` times generation alone (on a validation patient) and
+writes ``diffx_<preset>_speed.json``.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -63,14 +72,23 @@ import torch
 from _common import RESULTS, write_json
 
 HORIZONS = [1.0, 5.0, 10.0]
-SEEDS = {"train": 3501, "validation": 3502, "evaluation": 3511, "judge_ageing": 3512,
-         "prognosis": 3521}
+# evaluation 3511 / prognosis 3521 were touched by the 20-step evaluation (git history of
+# results/diffx_cpu.json, commit b98e0e0); once the step count was chosen anew on
+# validation (--stage steps), the evaluation moved to cohorts never touched
+SEEDS = {"train": 3501, "validation": 3502, "evaluation": 3513, "judge_ageing": 3512,
+         "prognosis": 3523}
 CACHE = Path(__file__).resolve().parent / ".cache" / "diffx-judges"
 PROBE_EPOCHS = 15
+SAMPLING_KEYS = ("n_inference_steps", "strength", "guidance_scale", "guidance_reference",
+                 "detail_transfer", "eta", "tau_f", "tau_attn", "injection_block",
+                 "injection_layer", "beta_schedule", "prediction_type", "precision")
 JUDGE_RULE = ("max R^2 on the autoencoder's reconstructions of real validation images among "
               "probes whose R^2 on the real images is >= 0.75; if none, max real R^2")
 RULE = ("max age_r2 + followup_pvf_r among settings with followup MS-SSIM >= "
         "max(0.80, copy - 0.02); if none, among those >= 0.80; if none, max MS-SSIM")
+STEPS_RULE = ("RULE among the step counts whose fp32 speed (4 horizons x 10 seeds of one "
+              "validation patient, median of 3 after a warm-up) is <= 4.5 s, a 10 % margin "
+              "under the 5 s target for this machine's timing noise; if none, RULE among all")
 
 
 # -- data -------------------------------------------------------------------
@@ -184,17 +202,24 @@ class Judges:
 # -- generation for every method -------------------------------------------------
 def _generate(gen: Any, frame: Any, horizons: list[list[float]], seeds: int,
               method: str) -> np.ndarray:
-    """(patients, horizons, seeds, H, W) for ``method`` in {diffx, no_injection, copy}."""
+    """(patients, horizons, seeds, H, W) for ``method`` in {diffx, no_injection, copy,
+    diffx_<n>_steps}."""
     if method == "copy":
         base = np.stack(list(frame["image"]))
         return np.repeat(np.repeat(base[:, None, None], len(horizons[0]), 1), seeds, 2)
     out = []
     step = max(1, 64 // (len(horizons[0]) * seeds))
-    for lo in range(0, len(frame), step):
-        part = frame.iloc[lo:lo + step]
-        out.append(gen.generate_many(list(part["image"]), list(part["age"]), list(part["sex"]),
-                                     horizons[lo:lo + step], seeds=range(seeds),
-                                     inject=method != "no_injection"))
+    n_steps = re.fullmatch(r"diffx_(\d+)_steps", method)  # the generator at another step count
+    before = gen.n_inference_steps
+    gen.set_params(n_inference_steps=int(n_steps.group(1)) if n_steps else before)
+    try:
+        for lo in range(0, len(frame), step):
+            part = frame.iloc[lo:lo + step]
+            out.append(gen.generate_many(list(part["image"]), list(part["age"]),
+                                         list(part["sex"]), horizons[lo:lo + step],
+                                         seeds=range(seeds), inject=method != "no_injection"))
+    finally:
+        gen.set_params(n_inference_steps=before)
     return np.concatenate(out)
 
 
@@ -340,16 +365,52 @@ def _judge_sees_ageing(judges: Judges, render: tuple[int, int], shape: tuple[int
                           for v in sorted(fu["visit"].unique())}}
 
 
-def _speed(gen: Any, frame: Any) -> dict[str, Any]:
+SPEED_VARIANTS = {
+    "fp32": {},  # the shipped default on CPU (precision "auto")
+    "fp32_whole_batch_networks": {"whole_batch": True},  # the batching before chunking
+    "bf16_autocast": {"precision": "bf16"},
+}
+
+
+def _speed(gen: Any, frame: Any, repeats: int = 6,
+           variants: tuple[str, ...] = tuple(SPEED_VARIANTS)) -> dict[str, Any]:
+    """Seconds for 4 horizons x 10 seeds of one patient (inversion included) per
+    variant, runs interleaved so that a slower spell of the machine hits every
+    variant; the first round is warm-up. bf16's images are compared with fp32's."""
+    from fracsurv.generative import sampling
+
     row = frame.iloc[0]
-    times = []
-    for _ in range(6):
-        gen._inversions = {}  # inversion included in every timing
-        t0 = time.perf_counter()
-        gen.generate(row["image"], row["age"], row["sex"], [1, 5, 10, 12], seeds=range(10))
-        times.append(time.perf_counter() - t0)
-    return {"seconds_median": float(np.median(times[1:])), "seconds_per_run": times,
-            "torch_threads": torch.get_num_threads(), "note": "first run is warm-up, excluded"}
+    budgets = sampling._CPU_UNET_PIXELS, sampling._CPU_DECODE_PIXELS
+    precision = gen.precision
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    images: dict[str, np.ndarray] = {}
+    try:
+        for _ in range(repeats):
+            for name in variants:
+                variant = SPEED_VARIANTS[name]
+                whole = variant.get("whole_batch", False)
+                sampling._CPU_UNET_PIXELS, sampling._CPU_DECODE_PIXELS = (
+                    (2 ** 40, 2 ** 40) if whole else budgets)
+                gen.set_params(precision=variant.get("precision", precision))
+                gen._inversions = {}  # inversion included in every timing
+                t0 = time.perf_counter()
+                images[name] = gen.generate(row["image"], row["age"], row["sex"],
+                                            [1, 5, 10, 12], seeds=range(10))
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        sampling._CPU_UNET_PIXELS, sampling._CPU_DECODE_PIXELS = budgets
+        gen.set_params(precision=precision)
+    out: dict[str, Any] = {
+        "seconds_median": float(np.median(times["fp32"][1:])),
+        "variants": {k: {"seconds_median": float(np.median(v[1:])), "seconds_per_run": v}
+                     for k, v in times.items()}}
+    for name in variants[1:]:
+        diff = np.abs(images[name] - images["fp32"])
+        out[f"{name}_abs_difference_from_fp32"] = {"mean": float(diff.mean()),
+                                                   "max": float(diff.max())}
+    return {**out, "torch_threads": torch.get_num_threads(),
+            "note": "runs interleaved across variants; the first round is warm-up, excluded; "
+                    "the quality targets were measured in fp32 only"}
 
 
 def _contact_sheet(frame: Any, arrays: dict[str, np.ndarray], path: Path, title: str,
@@ -427,11 +488,51 @@ def _chosen_probe(args: Any, shape: tuple[int, int]) -> tuple[Any, float]:
     return CNNProbe.load(_probe_file(shape, args.n_judge_train, blur)), blur
 
 
+def _chosen_sampling(preset: str) -> dict[str, Any]:
+    """The tuned setting, with the step count of ``--stage steps`` when it has run."""
+    chosen = json.loads((RESULTS / f"diffx_{preset}_tuning.json").read_text())["chosen"]
+    steps = RESULTS / f"diffx_{preset}_steps.json"
+    return {**chosen, **(json.loads(steps.read_text())["chosen"] if steps.is_file() else {})}
+
+
+def _stage_steps(gen: Any, args: Any, judges: Judges, render: tuple[int, int],
+                 shape: tuple[int, int], common: dict[str, Any]) -> None:
+    """DDIM step counts at the tuned setting on the validation cohort, by ``STEPS_RULE``."""
+    val = _cohort(args.n_validation, "validation", render, shape).frame
+    verts, _ = judges.baselines(val)
+    copy = _image_metrics(gen, val, 1, ["copy"], judges, verts)[0]["copy"]
+    rows = []
+    for n in args.steps:
+        gen.set_params(n_inference_steps=int(n))
+        gen._inversions = {}
+        t0 = time.perf_counter()
+        res, _ = _image_metrics(gen, val, 2, ["diffx"], judges, verts)
+        seconds = time.perf_counter() - t0
+        speed = _speed(gen, val, repeats=4, variants=("fp32",))
+        rows.append({"n_inference_steps": int(n), **res, "copy_ms_ssim": copy["followup_ms_ssim"],
+                     "speed_seconds_median": speed["seconds_median"], "speed": speed,
+                     "seconds": seconds})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "speed"}), flush=True)
+    fast = [r for r in rows if r["speed_seconds_median"] <= 4.5]
+    best = _select(fast or rows)
+    write_json(f"diffx_{args.preset}_steps", {
+        **common, "split": "validation", "n_patients": args.n_validation,
+        "seeds_per_horizon": 2, "fixed": {k: gen.get_params()[k] for k in SAMPLING_KEYS
+                                          if k != "n_inference_steps"},
+        "rule": STEPS_RULE, "copy": copy, "grid": rows,
+        "chosen": {"n_inference_steps": best["n_inference_steps"]}})
+
+
 def main() -> None:
     from fracsurv.generative import DiffXGenerator
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("judges", "tune", "evaluate"), required=True)
+    ap.add_argument("--stage", choices=("judges", "tune", "steps", "evaluate", "speed",
+                                        "prognosis"), required=True)
+    ap.add_argument("--prognosis-steps", type=int, default=None,
+                    help="--stage prognosis: DDIM steps (default: the chosen count)")
+    ap.add_argument("--steps", type=int, nargs="+", default=(8, 10, 12, 14, 16, 20),
+                    help="DDIM step counts for --stage steps")
     ap.add_argument("--model", default="benchmarks/models/diffx-cpu",
                     help="trained by train_diffx.py (fp32); the shipped fp16 copy is "
                          "fracsurv/pretrained/models/diffx")
@@ -464,6 +565,14 @@ def main() -> None:
               if (Path(args.model) / "training.json").is_file() else None}
     if args.stage == "judges":
         _stage_judges(gen, args, shape, render, common)
+        return
+    if args.stage == "speed":  # a validation patient: the evaluation cohort is not touched
+        gen.set_params(**_chosen_sampling(args.preset))
+        val = _cohort(1, "validation", render, shape, followups=0).frame
+        write_json(f"diffx_{args.preset}_speed", {
+            **common, "sampling": {k: gen.get_params()[k] for k in SAMPLING_KEYS},
+            "speed_one_patient_4_horizons_x_10_seeds": _speed(gen, val),
+            "target_seconds": 5})
         return
     probe, blur = _chosen_probe(args, shape)
     judges = Judges(probe)
@@ -501,6 +610,27 @@ def main() -> None:
         return
     tuning = json.loads((RESULTS / f"diffx_{args.preset}_tuning.json").read_text())
     gen.set_params(**tuning["chosen"])
+    tuned_steps = gen.n_inference_steps
+    if args.stage == "steps":
+        _stage_steps(gen, args, judges, render, shape, common)
+        return
+    chosen = _chosen_sampling(args.preset)
+    gen.set_params(**chosen)
+    if args.stage == "prognosis":  # a diagnostic peer, after evaluate; never used to choose
+        n = int(args.prognosis_steps or gen.n_inference_steps)
+        gen.set_params(n_inference_steps=n)
+        t0 = time.perf_counter()
+        prog = _prognosis(gen, _cohort(args.n_prognosis, "prognosis", render, shape,
+                                       followups=0), judges, args.seeds)
+        prog["seconds"]["total"] = time.perf_counter() - t0
+        write_json(f"diffx_{args.preset}_prognosis_{n}_steps", {
+            **common, "split": "the evaluation's prognosis cohort (a peer of diffx_"
+                               f"{args.preset}.json, not used to choose anything)",
+            "sampling": {k: gen.get_params()[k] for k in SAMPLING_KEYS}, "prognosis": prog})
+        return
+    peers = ["no_injection", "copy"]
+    if gen.n_inference_steps != tuned_steps:  # the setting the step count was chosen against
+        peers.insert(0, f"diffx_{tuned_steps}_steps")
     t0 = time.perf_counter()
     ev = _cohort(args.n_evaluation, "evaluation", render, shape)
     f = ev.frame
@@ -508,8 +638,7 @@ def main() -> None:
     ae = _autoencoded(gen, base)
     ldm1 = np.stack([gen.reconstruct(r["image"], r["age"], r["sex"]) for _, r in f.iterrows()])
     verts, bpvf_full = judges.baselines(f)
-    res, arrays = _image_metrics(gen, f, args.seeds, ["diffx", "no_injection", "copy"],
-                                 judges, verts)
+    res, arrays = _image_metrics(gen, f, args.seeds, ["diffx", *peers], judges, verts)
     from sklearn.metrics import r2_score, roc_auc_score
 
     full = np.asarray(f["image_full"].iloc[0]).shape
@@ -546,12 +675,8 @@ def main() -> None:
                       judges, args.seeds)
     prog["seconds"]["total"] = time.perf_counter() - t0
     write_json(f"diffx_{args.preset}", {
-        **common, "split": "evaluation (touched once)", "chosen_on_validation": tuning["chosen"],
-        "sampling": {k: gen.get_params()[k] for k in (
-            "n_inference_steps", "strength", "guidance_scale", "guidance_reference",
-            "detail_transfer", "eta",
-            "tau_f", "tau_attn", "injection_block", "injection_layer", "beta_schedule",
-            "prediction_type")},
+        **common, "split": "evaluation (touched once)", "chosen_on_validation": chosen,
+        "sampling": {k: gen.get_params()[k] for k in SAMPLING_KEYS},
         "n_patients": len(f), "seeds_per_horizon": args.seeds,
         "autoencoder_reconstruction": _quality(ae, base),
         "ldm1_reconstruction": _quality(ldm1, base), "judges_on_real_images": judge,

@@ -83,7 +83,8 @@ def _publish_diffx() -> None:
                      "machine": "2 CPU cores, x86_64, torch 2.13.0+cpu",
                      "command": "python benchmarks/train_diffx.py",
                      "sampling_chosen_on": f"validation cohort seed {SEEDS['validation']} "
-                                           "(benchmarks/results/diffx_cpu_tuning.json)",
+                                           "(benchmarks/results/diffx_cpu_tuning.json; the "
+                                           "step count: diffx_cpu_steps.json)",
                      "sampling": dx["sampling"]},
         "heldout": {"cohort_seeds": {"images": SEEDS["evaluation"],
                                      "prognosis": SEEDS["prognosis"]},

@@ -223,7 +223,7 @@ def future_crop_scores(ctx: DemoContext, frame: pd.DataFrame, n_seeds: int,
 #: DDIM steps of the shipped generator in the demo (see :func:`_generator`).
 DEMO_DDIM_STEPS = 10
 #: Generated futures per patient and horizon (the study's GpVF is their mean): one
-#: keeps the stage at 200 s on 2 cores with the 256 x 128 generator (two seeds took 243 s
+#: keeps the stage at 160-170 s on 2 cores with the 256 x 128 generator (two seeds took 243 s
 #: with the previous 128 x 64 one, which took 105 s with one).
 DEMO_SEEDS = 1
 
@@ -239,9 +239,9 @@ def _generator(ctx: DemoContext) -> DiffXGenerator:
     if not ctx.retrain:
         ctx.model_sources["DiffXGenerator"] = ("fracsurv.pretrained.load('diffx'), "
                                                f"{DEMO_DDIM_STEPS} DDIM steps")
-        # fewer steps than the card's 20: 1.5x faster, and the images stay closer to the
-        # 20-step ones (MS-SSIM 0.982) than two seeds are to each other (0.966);
-        # benchmarks/results/diffx_demo_speed.json
+        # two fewer than the card's 12: on the validation cohort 10 and 12 steps read alike
+        # (follow-up MS-SSIM 0.892 / 0.892, age R^2 0.824 / 0.828, pVF r 0.753 / 0.759;
+        # benchmarks/results/diffx_cpu_steps.json)
         gen = pretrained.load("diffx", **common, n_inference_steps=DEMO_DDIM_STEPS,
                               image_column=GENERATOR_IMAGE, random_state=ctx.seed)
         gen.set_params(output_shape=tuple(gen.input_shape))

@@ -65,7 +65,7 @@ DIFFX_PRESETS: dict[str, dict[str, Any]] = {
              "ldm_epochs": 300, "batch_size": 16},
     "cpu": {"input_shape": (256, 128), "ae_channels": (32, 64, 64), "ae_patch": 2,
             "latent_channels": 8, "unet_channels": (32, 64, 64), "layers_per_block": 1,
-            "cross_attention_dim": 64, "attention_head_dim": 2, "n_inference_steps": 20,
+            "cross_attention_dim": 64, "attention_head_dim": 2, "n_inference_steps": 12,
             "ae_epochs": 6, "ldm_epochs": 40, "ldm1_epochs": 15, "ldm1_init": "ldm2",
             "batch_size": 32, "lr": 5e-4, "strength": 0.5, "guidance_scale": 3.0,
             "detail_transfer": True},
