@@ -495,12 +495,19 @@ def _chosen_sampling(preset: str) -> dict[str, Any]:
     return {**chosen, **(json.loads(steps.read_text())["chosen"] if steps.is_file() else {})}
 
 
+def _validation(gen: Any, args: Any, judges: Judges, render: tuple[int, int],
+                shape: tuple[int, int]) -> tuple[Any, list[Any], dict[str, Any]]:
+    """The validation cohort, its detected baseline vertebrae and the copy control's
+    metrics (what the tune and steps stages compare against)."""
+    val = _cohort(args.n_validation, "validation", render, shape).frame
+    verts, _ = judges.baselines(val)
+    return val, verts, _image_metrics(gen, val, 1, ["copy"], judges, verts)[0]["copy"]
+
+
 def _stage_steps(gen: Any, args: Any, judges: Judges, render: tuple[int, int],
                  shape: tuple[int, int], common: dict[str, Any]) -> None:
     """DDIM step counts at the tuned setting on the validation cohort, by ``STEPS_RULE``."""
-    val = _cohort(args.n_validation, "validation", render, shape).frame
-    verts, _ = judges.baselines(val)
-    copy = _image_metrics(gen, val, 1, ["copy"], judges, verts)[0]["copy"]
+    val, verts, copy = _validation(gen, args, judges, render, shape)
     rows = []
     for n in args.steps:
         gen.set_params(n_inference_steps=int(n))
@@ -583,9 +590,7 @@ def main() -> None:
         "pvf": "fracsurv.pretrained vertebra-cropper (detections on the real full-resolution "
                "baseline, DETECTED_CROPS) + pvf-scorer, skimage CLAHE as the demo's loader"}
     if args.stage == "tune":
-        val = _cohort(args.n_validation, "validation", render, shape).frame
-        verts, _ = judges.baselines(val)
-        copy = _image_metrics(gen, val, 1, ["copy"], judges, verts)[0]["copy"]
+        val, verts, copy = _validation(gen, args, judges, render, shape)
         rows = []
         for strength, guidance, reference, tau_f, detail in itertools.product(
                 args.strengths, args.guidance, args.references, args.tau_f,

@@ -111,13 +111,12 @@ class FeatureInjector:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
             if self._mode != "inject" or name not in self._active:
                 return None
-            src = self.store[name]
-            if self._rows is None:
-                src = src.repeat_interleave(self.repeats, dim=0)
-                if output.shape[0] % src.shape[0] == 0:
-                    src = src.repeat(output.shape[0] // src.shape[0], *([1] * (src.dim() - 1)))
-            else:
-                src = src[self._rows.to(src.device)]
+            src, rows = self.store[name], self._rows
+            if rows is None and output.shape[0] % (len(src) * self.repeats) == 0:
+                # ``repeats`` rows per source sample, tiled over the batch (CFG's halves)
+                rows = torch.arange(output.shape[0]) // self.repeats % len(src)
+            if rows is not None:
+                src = src[rows.to(src.device)]
             if src.shape != output.shape:
                 raise RuntimeError(f"cannot inject {name}: shapes {tuple(src.shape)} and "
                                    f"{tuple(output.shape)} do not match")

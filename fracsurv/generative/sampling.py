@@ -58,21 +58,25 @@ class DiffXSamplingMixin:
         k = max(1, round(float(self.strength) * n))
         return ddim, inverse, inverse.timesteps[:k], ddim.timesteps[n - k:]
 
-    def _encode_baselines(self, images: Sequence[np.ndarray], ages: Sequence[float],
-                          sexes: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inverted latents z_t, low-res copies, LDM-1 prompt embeddings) of baselines.
+    def _prep_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Baselines as one (n, 1, H, W) tensor in [-1, 1] at ``input_shape``, on the device."""
+        return torch.cat([self._prep(im) for im in images]).to(self._device())
+
+    def _encode_baselines(self, x: torch.Tensor, ages: Sequence[float], sexes: Sequence[Any]
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inverted latents z_t, low-res copies, LDM-1 prompt embeddings) of baselines
+        ``x`` (from :meth:`_prep_batch`).
 
         Inversions are cached per (image, age, sex, steps, strength); the missing ones are
         computed together in one batch.
         """
-        m, device = self.module_, self._device()
-        x = torch.cat([self._prep(im) for im in images]).to(device)
+        m = self.module_
         cond = m.text1([format_prompt(self.prompt_template, a, s) for a, s in zip(ages, sexes,
                                                                                  strict=True)])
         lowres = m.lowres(x)
         keys = [hash_parts(x[i].cpu().numpy(), float(ages[i]), str(sexes[i]),
                            int(self.n_inference_steps), float(self.strength))
-                for i in range(len(images))]
+                for i in range(len(x))]
         cache = self.__dict__.setdefault("_inversions", {})
         todo = [i for i, k in enumerate(keys) if k not in cache]
         if todo:
@@ -118,7 +122,8 @@ class DiffXSamplingMixin:
                                    int(self.injection_layer), repeats=k)
         with torch.inference_mode(), self._autocast(device):
             # 3. invert the baselines (DDIM, cached); encode the prompts and guidance's reference
-            z_t, lowres, cond1 = self._encode_baselines(imgs, [float(a) for a in ages], sexes)
+            x0 = self._prep_batch(imgs)
+            z_t, lowres, cond1 = self._encode_baselines(x0, [float(a) for a in ages], sexes)
             ref = m.text2.null_embedding(len(prompts)) if reference is None else m.text2(reference)
             enc2 = torch.cat([ref, m.text2(prompts)])
             # 4. denoise: LDM-1 reconstructs the baseline and records its features, LDM-2
@@ -145,7 +150,7 @@ class DiffXSamplingMixin:
             # 5. decode in chunks (+ the baseline's detail the autoencoder loses), resize
             x = self._decode(z2)
             if self.detail_transfer:
-                x = x + self._lost_detail(imgs).repeat_interleave(k, dim=0)
+                x = x + self._lost_detail(x0).repeat_interleave(k, dim=0)
         x = nn.functional.interpolate(x, size=out_shape, mode="bilinear", align_corners=False)
         arr = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(len(imgs), n_h, len(seeds),
                                                                  *out_shape)
@@ -180,12 +185,10 @@ class DiffXSamplingMixin:
         return torch.cat([self.module_.decode(z[j:j + size]).float()
                           for j in range(0, len(z), size)])
 
-    def _lost_detail(self, imgs: list[np.ndarray]) -> torch.Tensor:
-        """Baseline minus its autoencoder reconstruction, in the model's [-1, 1] range."""
-        m, device = self.module_, self._device()
-        x = torch.cat([self._prep(im) for im in imgs]).to(device)
-        rec = torch.cat([self._decode(m.encode(x[j:j + 64])) for j in range(0, len(x), 64)])
-        return x.float() - rec
+    def _lost_detail(self, x: torch.Tensor) -> torch.Tensor:
+        """Baselines ``x`` minus their autoencoder reconstruction, in [-1, 1]."""
+        z = torch.cat([self.module_.encode(x[j:j + 64]) for j in range(0, len(x), 64)])
+        return x.float() - self._decode(z)
 
     def _check_batch(self, imgs: list[np.ndarray], horizons: Sequence[Sequence[float]]
                      ) -> tuple[tuple[int, int], int]:
@@ -230,7 +233,7 @@ class DiffXSamplingMixin:
         m, device = self.module_.to(self._device()), self._device()
         ddim, _, _, steps = self._timesteps()
         with torch.inference_mode(), self._autocast(device):
-            z, lowres, cond = self._encode_baselines([img], [float(age)], [sex])
+            z, lowres, cond = self._encode_baselines(self._prep_batch([img]), [float(age)], [sex])
             for t in steps:
                 eps = m.ldm1(torch.cat([z, lowres], 1), t, encoder_hidden_states=cond).sample
                 z = ddim.step(eps.float(), t, z).prev_sample
